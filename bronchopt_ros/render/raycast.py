@@ -3,7 +3,8 @@
 This is the visibility half of the CPU renderer and the simulator's camera:
 for every pixel it finds the first triangle the ray hits. Depth as a
 *differentiable* function of the pose is computed from these hits in torch
-(see :mod:`bronchopt_ros.render.depth`).
+(see :mod:`bronchopt_ros.render.projection` and
+:mod:`bronchopt_ros.render.cpu`).
 
 Calls embreex's scene directly (about 2x faster than trimesh's
 ``intersects_id``, ../shared/REFERENCE.md).

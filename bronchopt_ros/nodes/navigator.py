@@ -1,0 +1,408 @@
+"""Navigator node: endoscope images in, scope-tip pose in the CT out.
+
+Subscribes (sensor-data QoS) to the image (raw, or compressed when ``use_compressed``) and
+camera_info, gets the airway from the airway server (latched ``/airway/mesh``, or the
+``/airway/get_mesh`` service), initialises from ``/initialpose`` (or automatically at the trachea
+when ``auto_initialise``) and then, for every processed frame, refines the pose warm-started from
+the previous one and publishes ``/bronchopt/pose`` (stamp = the image's), the TF
+``ct`` -> ``bronchoscope_optical_frame``, ``/bronchopt/status``, ``/bronchopt/path``, a debug
+overlay image and ``/diagnostics``.
+
+Frames never queue up: the callbacks only keep the newest frame; one worker thread processes it.
+A frame replaced before it was processed is counted as dropped.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+
+from bronchopt_msgs.msg import AirwayMesh, TrackingStatus
+from bronchopt_msgs.srv import GetAirwayMesh
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from nav_msgs.msg import Path
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from ..geometry import Camera, Pose
+from ..io import ros_convert as rc
+from ..io.image import ImageConversionError, msg_to_rgb8, numpy_to_image
+from ..pipeline import PipelineConfig, build_tracker, load_default_encoder, prepare_frame
+from ..tracker import TrackerConfig, TrackState
+from .params import declare, declare_dataclass
+from .tf import TfPublisher
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+TRACKER_DOCS = {
+    "mode": ("Registration objective: 'depth' (encoder depth + Gauss-Newton, fast default) or "
+             "'features' (paper-faithful: encoder similarity + Adam).", None),
+    "pyramid": ("Solver image widths in pixels, coarse to fine.", None),
+    "iterations": ("Iteration cap per pyramid level.", None),
+    "motion_damping": ("Share of the last inter-frame motion predicted forward (0 = none).", (0.0, 1.0)),
+    "hypotheses": ("Start hypotheses per frame when tracking (1 = warm start only).", (1, 32)),
+    "init_hypotheses": ("Start hypotheses when (re)initialising from /initialpose.", (1, 32)),
+    "si_scale": ("Scale-invariant log-depth error at which the confidence is exp(-1).", (0.01, 5.0)),
+    "min_valid_fraction": ("Rendered pixel share below which a pose is not trusted.", (0.0, 1.0)),
+    "lost_below": ("Confidence below which a frame counts towards LOST.", (0.0, 1.0)),
+    "lost_after": ("Consecutive low-confidence frames before LOST.", (1, 1000)),
+    "recover_above": ("Confidence needed to return to TRACKING (hysteresis).", (0.0, 1.0)),
+    "threads": ("torch intra-op threads of the solver.", (1, 64)),
+}
+
+
+class Navigator(Node):
+    def __init__(self, **kwargs):
+        super().__init__("navigator", **kwargs)
+        p = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        self.image_topic = p("image_topic", "/bronchoscope/image_raw", "Endoscope image topic (sensor_msgs/Image).")
+        self.use_compressed = p("use_compressed", False, "Subscribe to <image_topic>/compressed instead of raw.")
+        self.camera_info_topic = p("camera_info_topic", "/bronchoscope/camera_info", "CameraInfo topic.")
+        self.initialpose_topic = p("initialpose_topic", "/initialpose", "Initial pose (PoseWithCovarianceStamped).")
+        self.pose_topic = p("pose_topic", "/bronchopt/pose", "Output pose topic (PoseStamped, frame ct).")
+        self.status_topic = p("status_topic", "/bronchopt/status", "Output TrackingStatus topic.")
+        self.path_topic = p("path_topic", "/bronchopt/path", "Output trajectory (nav_msgs/Path).")
+        self.debug_topic = p("debug_image_topic", "/bronchopt/debug_image", "Overlay image topic.")
+        self.mesh_topic = p("mesh_topic", "/airway/mesh", "Airway mesh topic (latched).")
+        self.mesh_service = p("mesh_service", "/airway/get_mesh", "Airway mesh service (fallback).")
+        self.ct_frame = p("ct_frame", rc.CT_FRAME, "CT frame id.")
+        self.camera_frame = p("camera_frame", rc.CAMERA_FRAME, "Camera (scope tip) frame id.")
+        self.publish_tf = p("publish_tf", True, "Publish the TF ct -> camera_frame.")
+        self.publish_when_lost = p("publish_when_lost", False,
+                                   "Publish pose/TF while LOST (the status says LOST); default: stop publishing.")
+        self.auto_initialise = p("auto_initialise", False,
+                                 "Initialise at the top of the trachea from the centerline when no /initialpose came.")
+        self.debug_every = p("debug_image_every", 5, "Publish the overlay every N processed frames (0 = never).",
+                             (0, 1000))
+        self.path_max = p("path_max_length", 5000, "Poses kept in the published path.", (10, 1000000))
+        self.max_image_size = p("max_image_size", 256, "Longer image side kept for processing (px).", (32, 4096))
+        pipe = PipelineConfig()
+        self.pipeline = PipelineConfig(
+            renderer_backend=p("renderer_backend", pipe.renderer_backend, "Renderer: auto, cpu or nvdiffrast."),
+            encoder_backend=p("encoder_backend", pipe.encoder_backend, "Encoder: auto, torch, onnx or tensorrt."),
+            encoder_weights=p("encoder_weights", pipe.encoder_weights, "Encoder checkpoint (empty: shipped weights)."),
+            encoder_input_size=p("encoder_input_size", pipe.encoder_input_size, "Encoder input side (px).",
+                                 (32, 1024)),
+            device=p("device", pipe.device, "Torch device: cpu or cuda."),
+            tracker=declare_dataclass(self, "tracker", TrackerConfig(), TRACKER_DOCS))
+
+        # ---- state shared between callbacks (executor thread) and the worker thread
+        self._lock = threading.Condition()
+        self._frame_msg = None
+        self._frame_arrival = 0.0
+        self._camera: Camera | None = None
+        self._camera_error = ""
+        self._mesh_msg = None
+        self._mesh_key = None
+        self._init_pose: Pose | None = None
+        self._stop = False
+        self.tracker = None
+        self.encoder = None
+        self.counters = dict(processed=0, dropped=0, rejected=0, bad_initialpose=0, stamp_resets=0)
+        self.lat_proc = deque(maxlen=300)
+        self.lat_img = deque(maxlen=300)
+        self.proc_times = deque(maxlen=300)
+        self.last_result = None
+        self.state = TrackState.WAITING_FOR_MESH
+        self.message = "waiting for the airway mesh"
+        self.path = Path()
+        self.path.header.frame_id = self.ct_frame
+        self._last_stamp = None
+        self._last_log = {}
+
+        # ---- interfaces
+        self.pose_pub = self.create_publisher(PoseStamped, self.pose_topic, 10)
+        self.status_pub = self.create_publisher(TrackingStatus, self.status_topic, 10)
+        self.path_pub = self.create_publisher(Path, self.path_topic, 1)
+        self.debug_pub = self.create_publisher(Image, self.debug_topic, qos_profile_sensor_data)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.tf = TfPublisher(self)
+        if self.use_compressed:
+            self.create_subscription(CompressedImage, self.image_topic + "/compressed", self._on_image,
+                                     qos_profile_sensor_data)
+        else:
+            self.create_subscription(Image, self.image_topic, self._on_image, qos_profile_sensor_data)
+        self.create_subscription(CameraInfo, self.camera_info_topic, self._on_camera_info, qos_profile_sensor_data)
+        init_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(PoseWithCovarianceStamped, self.initialpose_topic, self._on_initialpose, init_qos)
+        self.create_subscription(AirwayMesh, self.mesh_topic, self._on_mesh, LATCHED)
+        self.mesh_client = self.create_client(GetAirwayMesh, self.mesh_service)
+        self.create_timer(1.0, self._on_timer)
+        self._worker = threading.Thread(target=self._run, name="bronchopt-tracker", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ callbacks (cheap)
+    def _throttled(self, key: str, text: str, period: float = 5.0) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(key, -1e9) >= period:
+            self._last_log[key] = now
+            self.get_logger().warning(text)
+
+    def _on_image(self, msg) -> None:
+        with self._lock:
+            if self._frame_msg is not None:
+                self.counters["dropped"] += 1
+            self._frame_msg = msg
+            self._frame_arrival = time.monotonic()
+            self._lock.notify()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            cam = Camera.from_camera_info(msg)
+            if not (np.all(np.isfinite(cam.K)) and cam.fx > 0 and cam.fy > 0 and cam.width > 0 and cam.height > 0):
+                raise ValueError("K has zero, negative or NaN focal lengths, or the size is zero")
+        except (ValueError, TypeError) as exc:
+            self._camera_error = str(exc)
+            self.counters["rejected"] += 1
+            self._throttled("caminfo", f"ignoring camera_info: {exc}")
+            return
+        self._camera = cam
+        self._camera_error = ""
+
+    def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        if msg.header.frame_id and msg.header.frame_id.lstrip("/") != self.ct_frame:
+            self.counters["bad_initialpose"] += 1
+            self._throttled("initpose", f"ignoring /initialpose in frame '{msg.header.frame_id}' (expected {self.ct_frame})")
+            return
+        try:
+            pose = rc.pose_from_msg(msg)
+        except ValueError as exc:
+            self.counters["bad_initialpose"] += 1
+            self._throttled("initpose", f"ignoring /initialpose: {exc}")
+            return
+        with self._lock:
+            self._init_pose = pose
+            self._lock.notify()
+        self.get_logger().info(f"initial pose received at {np.round(pose.t * 1000, 1)} mm")
+
+    def _on_mesh(self, msg: AirwayMesh) -> None:
+        key = (len(msg.vertices), len(msg.triangles), msg.source,
+               hash(bytes(np.asarray(msg.vertices[:3000], np.float32).tobytes())))
+        if key == self._mesh_key:
+            return  # the same mesh again (e.g. the server restarted): keep tracking
+        with self._lock:
+            self._mesh_msg = msg
+            self._mesh_key = key
+            self._lock.notify()
+
+    def _on_timer(self) -> None:
+        if self._mesh_key is None and self.mesh_client.service_is_ready():
+            fut = self.mesh_client.call_async(GetAirwayMesh.Request())
+            fut.add_done_callback(self._on_mesh_response)
+        if self.tracker is None or self.counters["processed"] == 0 or \
+                (self.proc_times and time.monotonic() - self.proc_times[-1] > 1.0):
+            self._publish_status(None)  # keep the status alive while idle
+        self._publish_diagnostics()
+
+    def _on_mesh_response(self, fut) -> None:
+        try:
+            res = fut.result()
+        except Exception as exc:  # noqa: BLE001 - the service may vanish mid-call
+            self._throttled("meshsrv", f"mesh service call failed: {exc}")
+            return
+        if res.success:
+            self._on_mesh(res.mesh)
+        else:
+            self._throttled("meshsrv", f"airway server has no mesh: {res.message}")
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        while rclpy.ok(context=self.context) and not self._stop:
+            with self._lock:
+                while not self._stop and self._frame_msg is None and self._mesh_msg is None and self._init_pose is None:
+                    self._lock.wait(0.5)
+                if self._stop:
+                    return
+                mesh_msg, self._mesh_msg = self._mesh_msg, None
+                init_pose, self._init_pose = self._init_pose, None
+                frame_msg, self._frame_msg = self._frame_msg, None
+                arrival = self._frame_arrival
+            try:
+                if mesh_msg is not None:
+                    self._load_mesh(mesh_msg)
+                if init_pose is not None and self.tracker is not None:
+                    self.tracker.initialise(init_pose)
+                    self._reset_path()
+                elif init_pose is not None:
+                    self._pending_init = init_pose
+                if frame_msg is not None:
+                    self._process(frame_msg, arrival)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+                self.counters["rejected"] += 1
+                self.get_logger().error(f"frame processing failed: {type(exc).__name__}: {exc}")
+
+    def _load_mesh(self, msg) -> None:
+        self.state = TrackState.WAITING_FOR_MESH
+        try:
+            airway = rc.airway_from_msg(msg)
+        except ValueError as exc:
+            self.message = f"airway mesh rejected: {exc}"
+            self.get_logger().error(self.message)
+            self._mesh_key = None
+            return
+        if self.encoder is None:
+            self.encoder = load_default_encoder(self.pipeline)
+        self.tracker = build_tracker(airway, self.pipeline, encoder=self.encoder)
+        self.airway = airway
+        self.get_logger().info(
+            f"airway mesh: {len(airway.faces)} faces; renderer {self.tracker.renderer_backend}, "
+            f"encoder {self.tracker.encoder_backend}")
+        self.state = TrackState.INITIALISING
+        self.message = "waiting for /initialpose"
+        pending = getattr(self, "_pending_init", None)
+        if pending is not None:
+            self.tracker.initialise(pending)
+            self._pending_init = None
+        elif self.auto_initialise:
+            self._auto_init()
+
+    def _auto_init(self) -> None:
+        cl = getattr(self.airway, "centerline", None)
+        if cl is None or not len(cl):
+            self._throttled("autoinit", "auto_initialise: the mesh has no centerline; waiting for /initialpose")
+            return
+        pts = cl.root.points
+        k = min(len(pts) - 1, max(1, len(pts) // 10))
+        pose = Pose.look_at(pts[k], pts[min(len(pts) - 1, k + 10)], up=(0.0, 1.0, 0.0))
+        self.tracker.initialise(pose)
+        self.get_logger().info("auto-initialised at the top of the trachea")
+
+    def _reset_path(self) -> None:
+        self.path = Path()
+        self.path.header.frame_id = self.ct_frame
+
+    def _process(self, msg, arrival: float) -> None:
+        if self.tracker is None:
+            self.counters["dropped"] += 1
+            return
+        if self._camera is None:
+            self.state = TrackState.WAITING_FOR_CAMERA_INFO
+            self.message = "waiting for camera_info" + (f" ({self._camera_error})" if self._camera_error else "")
+            self.counters["dropped"] += 1
+            self._publish_status(None)
+            return
+        stamp = rc.stamp_to_sec(msg.header.stamp)
+        if self._last_stamp is not None and stamp < self._last_stamp:
+            self.counters["stamp_resets"] += 1
+            self.get_logger().warning("image stamps went backwards (bag loop?): resetting the trajectory")
+            self._reset_path()
+            self.tracker.prev_pose = None
+        self._last_stamp = stamp
+        try:
+            rgb = msg_to_rgb8(msg)
+            frame = prepare_frame(rgb, self._camera, stamp, self.max_image_size)
+        except (ImageConversionError, ValueError) as exc:
+            self.counters["rejected"] += 1
+            self._throttled("image", f"dropping image: {exc}")
+            return
+        if not self.tracker.initialised:
+            self.state = TrackState.INITIALISING
+            self.message = "waiting for /initialpose"
+            self.counters["dropped"] += 1
+            self._publish_status(None)
+            return
+        res = self.tracker.process(frame)
+        self.counters["processed"] += 1
+        self.state = res.state
+        self.message = ""
+        trusted = res.state == TrackState.TRACKING or self.publish_when_lost
+        if res.pose is not None and trusted:
+            ps = rc.pose_stamped(res.pose, msg.header.stamp, self.ct_frame)
+            self.pose_pub.publish(ps)
+            if self.publish_tf:
+                self.tf.send(rc.transform_stamped(res.pose, msg.header.stamp, self.ct_frame, self.camera_frame))
+            self.path.poses.append(ps)
+            if len(self.path.poses) > self.path_max:
+                del self.path.poses[: len(self.path.poses) - self.path_max]
+            self.path.header.stamp = msg.header.stamp
+            self.path_pub.publish(self.path)
+        now = time.monotonic()
+        self.lat_proc.append(1e3 * (now - arrival))
+        self.lat_img.append(1e3 * (rc.stamp_to_sec(self.get_clock().now().to_msg()) - stamp))
+        self.proc_times.append(now)
+        self.last_result = res
+        self._publish_status(res, msg.header.stamp)
+        if self.debug_every and res.pose is not None and self.counters["processed"] % self.debug_every == 0 \
+                and self.debug_pub.get_subscription_count() > 0:
+            from ..overlay import render_overlay
+
+            img = render_overlay(frame.rgb, self.tracker.renderer, frame.camera, res.pose, state_text=res.state.name)
+            self.debug_pub.publish(numpy_to_image(img, "rgb8", header=msg.header, msg_type=Image))
+
+    # ------------------------------------------------------------------ outputs
+    def _publish_status(self, res, stamp=None) -> None:
+        s = TrackingStatus()
+        s.header.stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
+        s.header.frame_id = self.camera_frame
+        s.state = int(self.state)
+        if res is not None:
+            s.similarity = float(res.similarity)
+            s.confidence = float(res.confidence)
+            s.iterations = int(res.iterations)
+        s.processing_latency_ms = float(self.lat_proc[-1]) if self.lat_proc else 0.0
+        s.image_to_pose_latency_ms = float(self.lat_img[-1]) if self.lat_img else 0.0
+        s.frames_processed = int(self.counters["processed"])
+        s.frames_dropped = int(self.counters["dropped"])
+        s.frames_rejected = int(self.counters["rejected"] + self.counters["bad_initialpose"])
+        s.relocalisations = int(getattr(self.tracker, "relocalisations", 0) or 0)
+        s.renderer_backend = str(getattr(self.tracker, "renderer_backend", ""))
+        s.encoder_backend = str(getattr(self.tracker, "encoder_backend", ""))
+        s.message = self.message
+        self.status_pub.publish(s)
+
+    def rate_hz(self) -> float:
+        if len(self.proc_times) < 2:
+            return 0.0
+        span = self.proc_times[-1] - self.proc_times[0]
+        return (len(self.proc_times) - 1) / span if span > 0 else 0.0
+
+    def _publish_diagnostics(self) -> None:
+        d = DiagnosticStatus()
+        d.name = "bronchopt: navigator"
+        d.hardware_id = "bronchoscope"
+        lost = self.state in (TrackState.LOST, TrackState.RELOCALISING)
+        waiting = self.state in (TrackState.WAITING_FOR_MESH, TrackState.WAITING_FOR_CAMERA_INFO)
+        d.level = DiagnosticStatus.ERROR if lost else (DiagnosticStatus.WARN if waiting else DiagnosticStatus.OK)
+        d.message = TrackState(self.state).name + (f": {self.message}" if self.message else "")
+        lp = np.array(self.lat_proc) if self.lat_proc else np.zeros(1)
+        vals = dict(state=TrackState(self.state).name, rate_hz=f"{self.rate_hz():.1f}",
+                    latency_ms_p50=f"{np.percentile(lp, 50):.1f}", latency_ms_p95=f"{np.percentile(lp, 95):.1f}",
+                    **{k: str(v) for k, v in self.counters.items()})
+        d.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [d]
+        self.diag_pub.publish(arr)
+
+    def destroy_node(self):
+        self._stop = True
+        with self._lock:
+            self._lock.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = Navigator()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Builds the per-procedure tracking pipeline from one config: renderer + encoder + tracker.
+
+The navigator node and the offline evaluator both call :func:`build_tracker`, so there is exactly
+one tracker implementation and one way to configure it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from .geometry import Camera
+from .registration import DepthTarget
+from .render.base import make_renderer
+from .tracker import Frame, Tracker, TrackerConfig
+
+__all__ = ["PipelineConfig", "EncoderDepthPredictor", "build_tracker", "prepare_frame", "load_default_encoder"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    renderer_backend: str = "auto"  # auto | cpu | nvdiffrast
+    encoder_backend: str = "auto"  # auto | torch | onnx | tensorrt
+    encoder_weights: str = ""  # empty: the shipped weights
+    encoder_input_size: int = 128  # the RGB frame is resized to this (square) for the encoder
+    device: str = "cpu"
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+
+
+class EncoderDepthPredictor:
+    """The encoder's depth head as the tracker's :class:`~bronchopt_ros.tracker.DepthPredictor`."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.name = getattr(encoder, "backend_name", "torch")
+
+    def __call__(self, frame: Frame) -> DepthTarget:
+        with torch.inference_mode():
+            out = self.encoder.encode_rgb(frame.rgb)
+        ld = out.log_depth.float().cpu()
+        h, w = ld.shape[-2:]
+        conf = out.confidence.float().cpu() if out.confidence is not None else torch.ones_like(ld)
+        return DepthTarget(ld.reshape(h, w), conf.reshape(h, w).clamp(0, 1), frame.camera.scaled(w, h))
+
+
+def load_default_encoder(cfg: PipelineConfig):
+    from .encoder import EncoderConfig, load_encoder
+
+    return load_encoder(EncoderConfig(backend=cfg.encoder_backend, weights=cfg.encoder_weights or None,
+                                      input_size=cfg.encoder_input_size, device=cfg.device))
+
+
+def build_tracker(airway, cfg: PipelineConfig, encoder=None, predictor=None, relocaliser=None) -> Tracker:
+    """Renderer for ``airway`` + the encoder's depth predictor (or ``predictor``) + a Tracker."""
+    renderer = make_renderer(airway, backend=cfg.renderer_backend,
+                             device=None if cfg.device == "cpu" else cfg.device)
+    if predictor is None:
+        predictor = EncoderDepthPredictor(encoder if encoder is not None else load_default_encoder(cfg))
+    tracker = Tracker(renderer, predictor, cfg.tracker, relocaliser=relocaliser)
+    tracker.renderer_backend = getattr(renderer, "name", "cpu")
+    tracker.encoder_backend = getattr(predictor, "name", "custom")
+    return tracker
+
+
+def prepare_frame(rgb: np.ndarray, camera: Camera, stamp: float, max_size: int = 256) -> Frame:
+    """Undistort (plumb_bob) and shrink the image so its longer side is at most ``max_size``
+    (the encoder never needs more), adjusting the camera to match."""
+    if camera.has_distortion:
+        rgb = camera.undistort_image(rgb)
+        camera = camera.undistorted()
+    h, w = rgb.shape[:2]
+    if (w, h) != camera.size:
+        raise ValueError(f"image is {w}x{h} but camera_info says {camera.width}x{camera.height}")
+    s = max_size / max(w, h)
+    if s < 1.0:
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+        camera = camera.scaled(nw, nh)
+    return Frame(np.ascontiguousarray(rgb), camera, float(stamp))

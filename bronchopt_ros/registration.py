@@ -1,0 +1,231 @@
+"""Frame-wise 2D-3D registration: move a pose until the airway rendered there agrees with the frame.
+
+Two objectives, both driven by the same renderer (:mod:`bronchopt_ros.render`):
+
+* **depth** (the default, fast): the encoder predicts a scale-normalised log-depth map (and a
+  per-pixel confidence) from the RGB frame once; the pose is refined by Gauss-Newton /
+  Levenberg-Marquardt on scale-invariant log-depth residuals (Eigen 2014)
+  ``r_i = (log z_i(pose) - p_i) - mean_w(log z - p)`` with the renderer's closed-form Jacobian,
+  coarse to fine over an image pyramid, with robust weights.
+* **features** (the paper's): dense encoder features of the frame once; per iteration the depth is
+  rendered differentiably, encoded, and the cosine similarity maximised with Adam.
+
+Several start hypotheses may be given; the one with the best final cost wins.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import Camera, Pose
+from .render.projection import log_depth_jacobian
+
+__all__ = ["DepthTarget", "DepthRegConfig", "RegResult", "register_depth", "rotation_hypotheses", "si_cost"]
+
+
+@dataclass
+class DepthTarget:
+    """The frame's predicted log-depth (any offset: only shapes matter) and confidence weights,
+    on the grid of ``camera`` (the full field of view at the prediction's resolution)."""
+
+    log_depth: torch.Tensor  # (h, w)
+    weight: torch.Tensor  # (h, w) in [0, 1]
+    camera: Camera
+    _levels: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_depth(cls, depth: np.ndarray | torch.Tensor, camera: Camera, valid=None) -> "DepthTarget":
+        """From a metric (or any-scale) depth map; zero / invalid pixels get weight 0."""
+        d = torch.as_tensor(np.asarray(depth, np.float32) if not torch.is_tensor(depth) else depth).float()
+        ok = d > 0 if valid is None else torch.as_tensor(valid).bool() & (d > 0)
+        logd = torch.where(ok, torch.log(d.clamp_min(1e-9)), torch.zeros_like(d))
+        return cls(logd, ok.float(), camera)
+
+    def level(self, width: int) -> tuple[Camera, torch.Tensor, torch.Tensor]:
+        """(camera, log_depth flat, weight flat) resampled to ``width`` px (cached, float64)."""
+        if width not in self._levels:
+            h0, w0 = self.log_depth.shape
+            height = max(1, int(round(width * h0 / w0)))
+            cam = self.camera.scaled(width, height)
+            if (height, width) == (h0, w0):
+                ld, w = self.log_depth, self.weight
+            else:
+                # Bilinear at the level's pixel centres (align_corners=False matches Camera.scaled).
+                wsum = F.interpolate(self.weight[None, None], (height, width), mode="bilinear",
+                                     align_corners=False, antialias=True)[0, 0]
+                ld = F.interpolate((self.log_depth * self.weight)[None, None], (height, width), mode="bilinear",
+                                   align_corners=False, antialias=True)[0, 0]
+                ld = ld / wsum.clamp_min(1e-6)
+                w = wsum
+            self._levels[width] = (cam, ld.reshape(-1).double(), w.reshape(-1).double())
+        return self._levels[width]
+
+
+@dataclass
+class DepthRegConfig:
+    """Coarse-to-fine Gauss-Newton/LM on scale-invariant log-depth residuals."""
+
+    pyramid: tuple[int, ...] = (24, 48)  # solver image widths, coarse to fine
+    iterations: tuple[int, ...] = (8, 6)  # iteration cap per level
+    huber_k: float = 1.345  # Huber threshold in robust std (MAD) units
+    lambda0: float = 1e-3  # initial LM damping (relative to the Hessian diagonal)
+    max_step_m: float = 0.004  # clamp per iteration, translation (m)
+    max_step_rad: float = 0.15  # clamp per iteration, rotation (rad)
+    tol_m: float = 2e-6  # convergence: translation step (m)
+    tol_rad: float = 2e-5  # convergence: rotation step (rad)
+    min_valid: int = 30  # fewer valid pixels than this: give up (camera outside / looking at nothing)
+    keep: int = 2  # hypotheses kept after the coarsest level (the rest are dropped)
+
+
+@dataclass
+class RegResult:
+    pose: Pose
+    cost: float  # robust SI cost at the finest level (lower is better)
+    si_error: float  # plain scale-invariant log error (RMS of the SI residual), finest level
+    iterations: int
+    time_s: float
+    valid_fraction: float
+    inside: bool
+    converged: bool
+    start_index: int = 0
+
+
+def _si_system(renderer, cam: Camera, pose: Pose, target_ld: torch.Tensor, target_w: torch.Tensor,
+               with_jacobian: bool = True):
+    """Scale-invariant residuals at ``pose``: (r, sqrt-weights, J or None, valid_fraction, inside)."""
+    planes, inside = renderer.hit_planes(cam, pose)
+    if planes.count == 0:
+        return None, None, None, 0.0, False
+    planes = planes.to(torch.float64)
+    idx = planes.index
+    w = target_w[idx]
+    keep = w > 1e-3
+    if int(keep.sum()) < 3:
+        return None, None, None, planes.count / (cam.width * cam.height), inside > 0.5
+    e = torch.log(planes.depth0()[keep]) - target_ld[idx][keep]
+    w = w[keep]
+    wn = w / w.sum()
+    r = e - (wn * e).sum()
+    J = None
+    if with_jacobian:
+        Jl = log_depth_jacobian(planes)[keep]
+        J = Jl - (wn[:, None] * Jl).sum(0, keepdim=True)
+    return r, w, J, planes.count / (cam.width * cam.height), inside > 0.5
+
+
+def _robust(r: torch.Tensor, w: torch.Tensor, k: float) -> tuple[torch.Tensor, float, float]:
+    """Huber weights times the confidence weights; returns (weights, robust cost, plain rms)."""
+    med = r.median()
+    sigma = 1.4826 * (r - med).abs().median().clamp_min(1e-3)
+    a = r.abs() / sigma
+    hub = torch.where(a <= k, torch.ones_like(a), k / a.clamp_min(1e-12))
+    rho = torch.where(a <= k, 0.5 * a**2, k * a - 0.5 * k**2) * sigma**2
+    wsum = w.sum()
+    cost = float((w * rho).sum() / wsum)
+    rms = float(torch.sqrt((w * r**2).sum() / wsum))
+    return w * hub, cost, rms
+
+
+def si_cost(renderer, target: DepthTarget, pose: Pose, width: int, huber_k: float = 1.345):
+    """Robust scale-invariant cost and plain SI error of ``pose`` at ``width`` px (inf if empty)."""
+    cam, ld, wt = target.level(width)
+    r, w, _, vf, inside = _si_system(renderer, cam, pose, ld, wt, with_jacobian=False)
+    if r is None:
+        return math.inf, math.inf, vf, inside
+    _, cost, rms = _robust(r, w, huber_k)
+    return cost, rms, vf, inside
+
+
+def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegConfig):
+    lam = cfg.lambda0
+    it = 0
+    converged = False
+    r, w, J, vf, inside = _si_system(renderer, cam, pose, ld, wt)
+    if r is None or r.numel() < cfg.min_valid:
+        return pose, math.inf, math.inf, 0, vf, inside, False
+    W, cost, rms = _robust(r, w, cfg.huber_k)
+    while it < iters:
+        it += 1
+        JW = J * W[:, None]
+        H = JW.T @ J
+        g = JW.T @ r
+        Hd = H + lam * torch.diag(torch.diagonal(H).clamp_min(1e-12))
+        try:
+            dx = -torch.linalg.solve(Hd, g)
+        except RuntimeError:
+            break
+        dx = dx.numpy()
+        tn, rn = float(np.linalg.norm(dx[:3])), float(np.linalg.norm(dx[3:]))
+        if tn > cfg.max_step_m:
+            dx[:3] *= cfg.max_step_m / tn
+        if rn > cfg.max_step_rad:
+            dx[3:] *= cfg.max_step_rad / rn
+        cand = pose.retract(dx)
+        r2, w2, J2, vf2, inside2 = _si_system(renderer, cam, cand, ld, wt)
+        if r2 is not None and r2.numel() >= cfg.min_valid:
+            W2, cost2, rms2 = _robust(r2, w2, cfg.huber_k)
+            if cost2 <= cost * (1 + 1e-9):
+                pose, r, w, J, W, cost, rms, vf, inside = cand, r2, w2, J2, W2, cost2, rms2, vf2, inside2
+                lam = max(lam * 0.3, 1e-7)
+                if tn < cfg.tol_m and rn < cfg.tol_rad:
+                    converged = True
+                    break
+                continue
+        lam *= 10.0
+        if lam > 1e4:
+            converged = True  # no descent direction left at this level
+            break
+    return pose, cost, rms, it, vf, inside, converged
+
+
+def register_depth(renderer, target: DepthTarget, starts: list[Pose], cfg: DepthRegConfig | None = None) -> RegResult:
+    """Refine every start at the coarsest level, keep the ``cfg.keep`` best, refine those coarse
+    to fine; return the best by robust SI cost at the finest level."""
+    cfg = cfg or DepthRegConfig()
+    t0 = time.perf_counter()
+    total_it = 0
+    levels = list(zip(cfg.pyramid, cfg.iterations))
+    results = []
+    for k, pose in enumerate(starts):
+        width, iters = levels[0]
+        cam, ld, wt = target.level(width)
+        pose, cost, rms, it, vf, inside, conv = _refine_level(renderer, cam, ld, wt, pose, iters, cfg)
+        total_it += it
+        results.append(RegResult(pose, cost, rms, it, 0.0, vf, inside, conv, k))
+    results.sort(key=_rank)
+    finals = []
+    for res in results[: max(1, cfg.keep)]:
+        pose = res.pose
+        for width, iters in levels[1:]:
+            cam, ld, wt = target.level(width)
+            pose, cost, rms, it, vf, inside, conv = _refine_level(renderer, cam, ld, wt, pose, iters, cfg)
+            total_it += it
+            res = RegResult(pose, cost, rms, 0, 0.0, vf, inside, conv, res.start_index)
+        finals.append(res)
+    best = min(finals, key=_rank)
+    best.iterations = total_it
+    best.time_s = time.perf_counter() - t0
+    return best
+
+
+def rotation_hypotheses(pose: Pose, tilt: float = 0.3, n_tilt: int = 6, roll: float = 0.4) -> list[Pose]:
+    """``pose`` and copies turned about it: tilted by ``tilt`` rad in ``n_tilt`` directions and
+    rolled by +-``roll`` rad about the optical axis (widens the basin of convergence)."""
+    out = [pose]
+    for a in np.linspace(0.0, 2 * np.pi, n_tilt, endpoint=False):
+        out.append(pose.retract([0, 0, 0, tilt * np.cos(a), tilt * np.sin(a), 0.0]))
+    if roll > 0:
+        out += [pose.retract([0, 0, 0, 0, 0, roll]), pose.retract([0, 0, 0, 0, 0, -roll])]
+    return out
+
+
+def _rank(r: RegResult):
+    """Prefer views from inside the lumen, then the lower robust cost."""
+    return (not r.inside, r.cost)
+
+

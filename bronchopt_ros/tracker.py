@@ -1,0 +1,203 @@
+"""The tracker: one per procedure, the same in the node and in offline evaluation.
+
+Per frame: predict the pose from the previous ones (damped constant velocity), register the frame
+warm-started from the prediction (:mod:`bronchopt_ros.registration`), score the result
+(confidence from the scale-invariant log-depth error and the visible fraction), and run a small
+state machine with hysteresis: INITIALISING -> TRACKING <-> LOST (-> RELOCALISING when a
+relocaliser is given). A confident wrong pose is never reported as TRACKING: while LOST the
+result carries the state, and callers decide (config) whether to publish the pose at all.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from .geometry import Camera, Pose
+from .registration import DepthRegConfig, DepthTarget, RegResult, register_depth, rotation_hypotheses
+
+__all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor"]
+
+
+class TrackState(enum.IntEnum):
+    """Mirrors the constants of bronchopt_msgs/TrackingStatus."""
+
+    INITIALISING = 0
+    TRACKING = 1
+    LOST = 2
+    RELOCALISING = 3
+    WAITING_FOR_MESH = 4
+    WAITING_FOR_CAMERA_INFO = 5
+
+
+@dataclass
+class Frame:
+    """One undistorted RGB frame (H, W, 3 uint8, RGB order), its camera and stamp (seconds)."""
+
+    rgb: np.ndarray
+    camera: Camera
+    stamp: float
+
+
+class DepthPredictor(Protocol):
+    """Anything that turns a frame into a :class:`DepthTarget` (the encoder's depth head)."""
+
+    name: str
+
+    def __call__(self, frame: Frame) -> DepthTarget: ...
+
+
+@dataclass
+class TrackerConfig:
+    """Tracker settings (every field is a node parameter ``tracker.<name>``; see config/navigator.yaml)."""
+
+    mode: str = "depth"  # "depth" (encoder depth + Gauss-Newton, default) | "features" (paper: similarity + Adam)
+    pyramid: tuple[int, ...] = (16, 32, 64)  # solver image widths, coarse to fine
+    iterations: tuple[int, ...] = (6, 4, 3)  # iteration caps per pyramid level (tracking)
+    motion_damping: float = 0.7  # share of the last inter-frame motion predicted forward (0 = none)
+    hypotheses: int = 1  # 1: warm start only; >1: also rotated copies of it (wider basin, slower)
+    init_hypotheses: int = 9  # starts tried when (re)initialising from /initialpose
+    si_scale: float = 0.25  # scale-invariant log error at which confidence is exp(-1)
+    min_valid_fraction: float = 0.2  # fewer rendered pixels than this: not trustworthy
+    lost_below: float = 0.25  # confidence under this ...
+    lost_after: int = 5  # ... for this many frames in a row: LOST
+    recover_above: float = 0.45  # confidence to get back to TRACKING (hysteresis)
+    threads: int = 1  # torch intra-op threads for the solver (1 is fastest for these small problems)
+
+    def reg_config(self, n_levels: int | None = None, iterations: tuple[int, ...] | None = None) -> DepthRegConfig:
+        pyr = self.pyramid if n_levels is None else self.pyramid[-n_levels:]
+        its = iterations or self.iterations[-len(pyr):]
+        return DepthRegConfig(pyramid=tuple(pyr), iterations=tuple(its))
+
+
+@dataclass
+class TrackResult:
+    stamp: float
+    pose: Pose | None  # the estimate (None before initialisation)
+    state: TrackState
+    confidence: float  # in [0, 1]
+    similarity: float  # 1 - SI log error, clipped to [0, 1] (depth mode) or encoder similarity
+    si_error: float
+    iterations: int
+    time_s: float
+    valid_fraction: float
+    relocalised: bool = False
+
+
+class Tracker:
+    """Frame-to-CT tracker. ``renderer`` from :func:`bronchopt_ros.render.make_renderer`,
+    ``predictor`` maps a frame to its depth target (the encoder); ``relocaliser`` (optional) maps a
+    frame to candidate poses when lost."""
+
+    def __init__(self, renderer, predictor: DepthPredictor, config: TrackerConfig | None = None,
+                 relocaliser: Callable[[Frame], list[Pose]] | None = None):
+        self.renderer = renderer
+        self.predictor = predictor
+        self.config = config or TrackerConfig()
+        self.relocaliser = relocaliser
+        torch.set_num_threads(max(1, int(self.config.threads)))
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        self.state = TrackState.INITIALISING
+        self.pose: Pose | None = None
+        self.prev_pose: Pose | None = None
+        self.last_stamp: float | None = None
+        self._pending_init: Pose | None = None
+        self._low = 0
+        self.relocalisations = 0
+
+    def initialise(self, pose: Pose) -> None:
+        """(Re)initialise at ``pose`` (e.g. from /initialpose); the next frame starts from it,
+        searching a little wider than when tracking."""
+        self._pending_init = pose
+        self.prev_pose = None
+        self.pose = pose
+        self.state = TrackState.INITIALISING
+        self._low = 0
+
+    @property
+    def initialised(self) -> bool:
+        return self.pose is not None
+
+    # ------------------------------------------------------------------ per frame
+    def predict(self, stamp: float) -> Pose | None:
+        if self.pose is None:
+            return None
+        if self.prev_pose is None or self.config.motion_damping <= 0:
+            return self.pose
+        delta = self.prev_pose.inv() @ self.pose
+        return self.pose.retract(self.config.motion_damping * delta.log())
+
+    def process(self, frame: Frame) -> TrackResult:
+        """Register ``frame``; returns the result (state INITIALISING if never initialised)."""
+        t0 = time.perf_counter()
+        if self.last_stamp is not None and frame.stamp < self.last_stamp:
+            # Time went backwards (a bag looped): the motion model is meaningless now.
+            self.prev_pose = None
+        self.last_stamp = frame.stamp
+        if self.pose is None:
+            return TrackResult(frame.stamp, None, TrackState.INITIALISING, 0.0, 0.0, math.inf, 0,
+                               time.perf_counter() - t0, 0.0)
+        target = self.predictor(frame)
+        cfg = self.config
+        if self._pending_init is not None:
+            starts = rotation_hypotheses(self._pending_init) if cfg.init_hypotheses > 1 else [self._pending_init]
+            starts = starts[: max(1, cfg.init_hypotheses)]
+            reg = register_depth(self.renderer, target, starts, replace(cfg.reg_config(), keep=3))
+            self._pending_init = None
+        else:
+            pred = self.predict(frame.stamp)
+            starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
+            if self.prev_pose is not None and cfg.motion_damping > 0 and cfg.hypotheses > 1:
+                starts.append(self.pose)
+            reg = register_depth(self.renderer, target, starts, cfg.reg_config())
+        relocalised = False
+        conf = self.confidence(reg)
+        if self.state in (TrackState.LOST, TrackState.RELOCALISING) and conf < cfg.recover_above \
+                and self.relocaliser is not None:
+            cands = self.relocaliser(frame)
+            if cands:
+                rr = register_depth(self.renderer, target, cands, replace(cfg.reg_config(), keep=3))
+                rc = self.confidence(rr)
+                if rc > conf:
+                    reg, conf, relocalised = rr, rc, True
+                    self.relocalisations += 1
+        self._update_state(conf, relocalised)
+        self.prev_pose, self.pose = self.pose, reg.pose
+        if relocalised:
+            self.prev_pose = None
+        sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
+        return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
+                           time.perf_counter() - t0, reg.valid_fraction, relocalised)
+
+    def confidence(self, reg: RegResult) -> float:
+        if not reg.inside or not math.isfinite(reg.si_error):
+            return 0.0
+        c = math.exp(-reg.si_error / self.config.si_scale)
+        if reg.valid_fraction < self.config.min_valid_fraction:
+            c *= reg.valid_fraction / self.config.min_valid_fraction
+        return float(c)
+
+    def _update_state(self, conf: float, relocalised: bool) -> None:
+        cfg = self.config
+        if self.state in (TrackState.INITIALISING, TrackState.TRACKING):
+            if conf < cfg.lost_below:
+                self._low += 1
+                if self._low >= cfg.lost_after or self.state == TrackState.INITIALISING and self._low >= cfg.lost_after:
+                    self.state = TrackState.LOST
+            else:
+                self._low = 0
+                self.state = TrackState.TRACKING
+        else:  # LOST / RELOCALISING
+            if conf >= cfg.recover_above:
+                self.state = TrackState.TRACKING
+                self._low = 0
+            else:
+                self.state = TrackState.RELOCALISING if self.relocaliser is not None else TrackState.LOST

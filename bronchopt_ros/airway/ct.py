@@ -148,12 +148,15 @@ def _find_trachea_seed(air: np.ndarray, ct: CTVolume, search_mm: float = 60.0) -
 
 
 def _largest_component(mask: np.ndarray, connectivity: int = 3) -> np.ndarray:
-    lab, nlab = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, connectivity))
-    if nlab == 0:
-        return mask
+    """The largest connected component (labelled inside the mask's bounding box only)."""
+    nz = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    box = tuple(slice(int(n[0]), int(n[-1]) + 1) for n in nz)
+    lab, nlab = ndimage.label(mask[box], structure=ndimage.generate_binary_structure(3, connectivity))
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
-    return lab == int(np.argmax(sizes))
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = lab == int(np.argmax(sizes))
+    return out
 
 
 def segment_airway(ct: CTVolume, threshold_hu: float | None = -900.0, label: int | None = None,
@@ -193,7 +196,6 @@ def segment_airway(ct: CTVolume, threshold_hu: float | None = -900.0, label: int
         if seed is None:
             raise ValueError("segment_airway: found no trachea-like air region in the top slices "
                              f"(threshold {threshold_hu} HU); pass seed_mm or a label map")
-    # Label only the bounding box of the component: flood fill from the seed.
     lab, _ = ndimage.label(air, structure=six)
     mask = lab == lab[seed]
     del lab

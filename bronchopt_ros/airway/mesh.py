@@ -56,9 +56,11 @@ class Airway:
         return self
 
 
-def load_airway(path: str | Path, units: str = "mm") -> Airway:
+def load_airway(path: str | Path, units: str = "mm", threshold_hu: float | None = None,
+                label: int | None = None) -> Airway:
     """Load an airway surface from STL/PLY/OBJ (or a NIfTI CT/label volume, see
-    :func:`bronchopt_ros.airway.ct.mesh_from_nifti`) and convert ``units`` to metres."""
+    :func:`bronchopt_ros.airway.ct.mesh_from_nifti`, which reads ``threshold_hu`` / ``label``
+    and the NIfTI affine's millimetres) and convert ``units`` to metres."""
     path = Path(path)
     if units not in UNIT_SCALE:
         raise ValueError(f"unknown mesh unit '{units}' (use one of {sorted(UNIT_SCALE)})")
@@ -68,7 +70,7 @@ def load_airway(path: str | Path, units: str = "mm") -> Airway:
     if name.endswith(".nii") or name.endswith(".nii.gz"):
         from .ct import mesh_from_nifti
 
-        return mesh_from_nifti(path)
+        return mesh_from_nifti(path, threshold_hu=threshold_hu, label=label)
     import trimesh
 
     try:

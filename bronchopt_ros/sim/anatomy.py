@@ -18,8 +18,8 @@ The tree (Kitaoka, Takaki & Suki, J Appl Physiol 1999, simplified: no lung-volum
 * a daughter that would run into an existing branch is re-aimed (its parent's branching plane is
   turned), then shortened, then dropped with its subtree.
 
-Coordinates: the CT frame is RAS-like (x to the patient's right... see :data:`RIGHT`), in
-millimetres while generating; the returned :class:`~bronchopt_ros.airway.centerline.Centerline`
+Coordinates: the CT frame is RAS-like (+x the patient's right, +y anterior, +z superior), the
+trachea's open end at the origin, in millimetres while generating; the returned :class:`~bronchopt_ros.airway.centerline.Centerline`
 is in metres. Centerline points are ~1 mm apart.
 """
 from __future__ import annotations
@@ -36,8 +36,7 @@ from ..airway.mesh import Airway
 __all__ = ["AnatomyParams", "SyntheticAnatomy", "generate_anatomy", "generate_centerline",
            "RIGHT", "SUPERIOR", "ANTERIOR"]
 
-#: Directions of the synthetic CT frame (RAS-like: +x patient's right side of the image as the
-#: generator lays out the tree, +y anterior, +z superior).
+#: Directions of the synthetic CT frame (RAS-like): the right main bronchus leaves towards +x.
 RIGHT = np.array([1.0, 0.0, 0.0])
 ANTERIOR = np.array([0.0, 1.0, 0.0])
 SUPERIOR = np.array([0.0, 0.0, 1.0])
@@ -56,7 +55,7 @@ class AnatomyParams:
     length_ratio: float = 3.0  # branch length / diameter
     terminal_length_ratio: float = 3.3
     split_beta: float = 6.0  # flow split r ~ Beta(a, a); larger = more symmetric
-    min_diameter_mm: float = 1.2  # branches thinner than this are not grown
+    min_diameter_mm: float = 2.4  # thinner branches are not grown (CT at 0.7 mm would lose them)
     # Patient-to-patient variation (seeded):
     trachea_length_sd: float = 0.07  # relative
     trachea_diameter_sd: float = 0.07  # relative
@@ -243,6 +242,25 @@ def generate_centerline(seed: int, params: AnatomyParams | None = None) -> Cente
                               np.full(len(s.points), s.diameter * 0.5e-3)) for s in segs])
 
 
+def _trim_to_mask(cl: Centerline, mask: np.ndarray, ct) -> Centerline:
+    """Cut every branch where its centerline leaves the segmented lumen (a branch too thin for
+    the CT), dropping what lies beyond, so the centerline stays inside the mesh. Branch ids are
+    renumbered 0..N-1 in breadth-first order."""
+    keep: dict[int, Branch] = {}
+    for b in cl.branches:  # parents come before children
+        if b.parent >= 0 and (b.parent not in keep or len(keep[b.parent].points) < len(cl.branch(b.parent).points)):
+            continue
+        ijk = np.round(ct.mm_to_voxel(b.points * 1e3)).astype(int)
+        ok = np.all((ijk >= 0) & (ijk < mask.shape), axis=1)
+        ok[ok] = mask[tuple(ijk[ok].T)]
+        n_in = len(ok) if ok.all() else int(np.argmin(ok))
+        if n_in >= 2:
+            keep[b.id] = Branch(b.id, b.parent, b.generation, b.points[:n_in], b.radii[:n_in])
+    new_id = {old: k for k, old in enumerate(keep)}
+    return Centerline([Branch(new_id[b.id], new_id.get(b.parent, -1), b.generation, b.points, b.radii)
+                       for b in keep.values()])
+
+
 def generate_anatomy(seed: int, params: AnatomyParams | None = None,
                      progress: bool = False) -> SyntheticAnatomy:
     """A synthetic patient: centerline -> CT (HU) -> segmentation -> lumen mesh (metres).
@@ -273,6 +291,7 @@ def generate_anatomy(seed: int, params: AnatomyParams | None = None,
     root = cl.root
     seed_mm = (root.points[min(5, len(root.points) - 1)] * 1e3)
     mask = segment_airway(ct, seed_mm=seed_mm)
+    cl = _trim_to_mask(cl, mask, ct)
     tick("segmentation")
     verts_mm, faces = mesh_from_mask(mask, ct.affine, smooth_iterations=p.smooth_iterations,
                                      max_faces=p.max_faces)

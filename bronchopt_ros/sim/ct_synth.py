@@ -78,77 +78,96 @@ def synthesize_ct(centerline: Centerline, params=None, seed: int = 0,
     affine = np.diag([vox, vox, vox, 1.0])
     affine[:3, 3] = lo
 
-    # Signed distances (mm, clipped to +-_FAR): to the lumen surface and to the outer wall
-    # surface; `cart` the cartilage weight (0..1) of the wall voxels.
-    sd_lumen = np.full(shape, _FAR, dtype=np.float32)
-    sd_outer = np.full(shape, _FAR, dtype=np.float32)
-    cart = np.zeros(shape, dtype=np.float32)
+    # Signed distances (mm, clipped to +-_FAR, float16 to save memory: ~0.004 mm steps): to the
+    # lumen surface and to the outer wall surface; `cart` the cartilage weight (0..1) of the wall.
+    sd_lumen = np.full(shape, _FAR, dtype=np.float16)
+    sd_outer = np.full(shape, _FAR, dtype=np.float16)
+    cart = np.zeros(shape, dtype=np.float16)
     for b, pts, rad in branches:
-        dense, r_d, s_d = _resample(pts, rad, 0.25 * vox)
-        wall = p.wall_fraction * 2 * r_d
-        reach = float((r_d + wall).max()) + 2 * vox
-        blo = np.floor(((dense.min(0) - reach) - lo) / vox).astype(int)
-        bhi = np.ceil(((dense.max(0) + reach) - lo) / vox).astype(int) + 1
-        blo = np.maximum(blo, 0)
-        bhi = np.minimum(bhi, shape)
-        if np.any(bhi <= blo):
-            continue
-        ii, jj, kk = np.meshgrid(*[np.arange(a, c) for a, c in zip(blo, bhi)], indexing="ij")
-        xyz = np.stack([ii, jj, kk], axis=-1).reshape(-1, 3) * vox + lo
-        dist, idx = cKDTree(dense).query(xyz, distance_upper_bound=reach)
-        near = np.isfinite(dist)
-        if not near.any():
-            continue
-        sel = (ii.ravel()[near], jj.ravel()[near], kk.ravel()[near])
-        i = idx[near]
-        dl = (dist[near] - r_d[i]).astype(np.float32)
-        do = (dl - wall[i]).astype(np.float32)
-        cur_l = sd_lumen[sel]
-        sd_lumen[sel] = np.minimum(cur_l, dl)
-        cur_o = sd_outer[sel]
-        better_o = do < cur_o
-        sd_outer[sel] = np.where(better_o, do, cur_o)
-        # Cartilage: C-shaped rings (~4 mm pitch) in the trachea and main bronchi, irregular
-        # plates further down; in the outer part of the wall.
-        if b.generation <= 1:
-            ring = (np.sin(2 * np.pi * s_d[i] / 4.0) > -0.2).astype(np.float32)
-        else:
-            ring = np.full(len(i), 0.6, dtype=np.float32)
-        cart[sel] = np.where(better_o, ring, cart[sel])
+        _add_tube(b.generation, pts, rad, p.wall_fraction, vox, lo, shape, sd_lumen, sd_outer, cart)
 
     # Tissue around the tree: lungs (ellipsoids around each side's subtree) in soft tissue.
-    hu = np.full(shape, HU_SOFT_TISSUE, dtype=np.float32)
-    side = _side_of_branches(centerline)
+    lungs = _lung_ellipsoids(centerline)
     grid = [np.arange(n, dtype=np.float32) * vox + lo[a] for a, n in enumerate(shape)]
-    lung = np.zeros(shape, dtype=bool)
-    for s in (1, -1):
-        pts = [b.points * 1e3 for b in centerline.branches if side.get(b.id) == s and b.generation >= 2]
-        if not pts:
-            continue
-        pts = np.concatenate(pts)
-        c = 0.5 * (pts.min(0) + pts.max(0))
-        ax = 0.5 * (pts.max(0) - pts.min(0)) * 1.35 + 10.0
-        e = ((grid[0][:, None, None] - c[0]) / ax[0]) ** 2 + ((grid[1][None, :, None] - c[1]) / ax[1]) ** 2
-        lung |= (e + ((grid[2][None, None, :] - c[2]) / ax[2]) ** 2) <= 1.0
-    texture = _smooth_noise(shape, rng, scale_vox=max(2.0, 3.0 / vox))
-    hu[lung] = HU_PARENCHYMA + 35.0 * texture[lung]
-    del texture, lung
+    f = 2  # the texture is made on a 2x coarser grid and upsampled (nearest; the PSF smooths it)
+    coarse = tuple(int(np.ceil(n / f)) + 1 for n in shape)
+    texture = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), max(2.0, 3.0 / vox) / f)
+    texture *= np.float32(35.0 / max(float(texture.std()), 1e-6))
+    jj, kk = np.arange(shape[1]) // f, np.arange(shape[2]) // f
+    hu = np.empty(shape, dtype=np.float32)
+    slab = 16
+    for i0 in range(0, shape[0], slab):
+        i1 = min(i0 + slab, shape[0])
+        x = grid[0][i0:i1, None, None]
+        lung = np.zeros((i1 - i0, shape[1], shape[2]), dtype=bool)
+        for c, ax in lungs:
+            e = ((x - c[0]) / ax[0]) ** 2 + ((grid[1][None, :, None] - c[1]) / ax[1]) ** 2
+            lung |= (e + ((grid[2][None, None, :] - c[2]) / ax[2]) ** 2) <= 1.0
+        tex = texture[np.arange(i0, i1) // f][:, jj][:, :, kk]
+        h = np.where(lung, np.float32(HU_PARENCHYMA) + tex, np.float32(HU_SOFT_TISSUE))
+        # Wall between the lumen and the outer wall surface; box-filtered partial volume at both
+        # edges (a linear ramp one voxel wide).
+        f_wall = np.clip(0.5 - sd_outer[i0:i1].astype(np.float32) / vox, 0.0, 1.0)
+        wall_hu = HU_WALL + (HU_CARTILAGE - HU_WALL) * cart[i0:i1].astype(np.float32)
+        h += f_wall * (wall_hu - h)
+        f_lumen = np.clip(0.5 - sd_lumen[i0:i1].astype(np.float32) / vox, 0.0, 1.0)
+        h += f_lumen * (np.float32(HU_AIR) - h)
+        hu[i0:i1] = h
+    del sd_lumen, sd_outer, cart, texture
+    if p.blur_voxels > 0:  # point-spread function (in place)
+        ndimage.gaussian_filter(hu, p.blur_voxels, truncate=3.0, output=hu)
+    out = np.empty(shape, dtype=np.int16)
+    for i0 in range(0, shape[0], slab):
+        h = hu[i0:i0 + slab]
+        if p.noise_hu > 0:
+            h = h + rng.standard_normal(h.shape, dtype=np.float32) * np.float32(p.noise_hu)
+        out[i0:i0 + slab] = np.round(np.clip(h, -1024, 3071))
+    return CTVolume(out, affine)
 
-    # Wall: between the lumen and outer wall surfaces; box-filter partial volume at both edges.
-    f_lumen = np.clip(0.5 - sd_lumen / vox, 0.0, 1.0)
-    f_wall = np.clip(0.5 - sd_outer / vox, 0.0, 1.0)  # inside the outer surface (lumen too)
-    del sd_outer
-    wall_hu = HU_WALL + (HU_CARTILAGE - HU_WALL) * cart
-    del cart
-    hu = hu + f_wall * (wall_hu - hu)
-    hu = hu + f_lumen * (HU_AIR - hu)
-    del f_wall, f_lumen, wall_hu, sd_lumen
-    if p.blur_voxels > 0:
-        hu = ndimage.gaussian_filter(hu, p.blur_voxels, truncate=3.0)
-    if p.noise_hu > 0:
-        hu += rng.standard_normal(shape, dtype=np.float32) * np.float32(p.noise_hu)
-    np.clip(hu, -1024, 3071, out=hu)
-    return CTVolume(np.round(hu).astype(np.int16), affine)
+
+def _add_tube(generation: int, pts: np.ndarray, rad: np.ndarray, wall_fraction: float, vox: float,
+              lo: np.ndarray, shape: tuple, sd_lumen: np.ndarray, sd_outer: np.ndarray,
+              cart: np.ndarray) -> None:
+    """Merge one branch's tube into the distance fields, inside its bounding box only."""
+    dense, r_d, s_d = _resample(pts, rad, 0.25 * vox)
+    wall = wall_fraction * 2 * r_d
+    reach = float((r_d + wall).max()) + 2 * vox
+    blo = np.maximum(np.floor(((dense.min(0) - reach) - lo) / vox).astype(int), 0)
+    bhi = np.minimum(np.ceil(((dense.max(0) + reach) - lo) / vox).astype(int) + 1, shape)
+    if np.any(bhi <= blo):
+        return
+    ii, jj, kk = np.meshgrid(*[np.arange(a, c) for a, c in zip(blo, bhi)], indexing="ij")
+    xyz = np.stack([ii, jj, kk], axis=-1).reshape(-1, 3) * vox + lo
+    dist, idx = cKDTree(dense).query(xyz, distance_upper_bound=reach)
+    near = np.isfinite(dist)
+    if not near.any():
+        return
+    sel = (ii.ravel()[near], jj.ravel()[near], kk.ravel()[near])
+    i = idx[near]
+    dl = dist[near] - r_d[i]
+    do = dl - wall[i]
+    sd_lumen[sel] = np.minimum(sd_lumen[sel], dl)
+    cur_o = sd_outer[sel]
+    better = do < cur_o
+    sd_outer[sel] = np.where(better, do, cur_o)
+    # Cartilage: C-shaped rings (~4 mm pitch) in the trachea and main bronchi, plates further down.
+    if generation <= 1:
+        ring = (np.sin(2 * np.pi * s_d[i] / 4.0) > -0.2).astype(np.float32)
+    else:
+        ring = np.full(len(i), 0.6, dtype=np.float32)
+    cart[sel] = np.where(better, ring, cart[sel])
+
+
+def _lung_ellipsoids(cl: Centerline) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(centre, semi-axes) in mm of an ellipsoid around each lung's subtree (generation >= 2)."""
+    side = _side_of_branches(cl)
+    out = []
+    for s in (1, -1):
+        pts = [b.points * 1e3 for b in cl.branches if side.get(b.id) == s and b.generation >= 2]
+        if pts:
+            pts = np.concatenate(pts)
+            out.append((0.5 * (pts.min(0) + pts.max(0)), 0.5 * np.ptp(pts, axis=0) * 1.35 + 10.0))
+    return out
 
 
 def _side_of_branches(cl: Centerline) -> dict[int, int]:
@@ -164,14 +183,3 @@ def _side_of_branches(cl: Centerline) -> dict[int, int]:
             out[b.id] = s
             stack += cl.children(b.id)
     return out
-
-
-def _smooth_noise(shape: tuple[int, int, int], rng: np.random.Generator, scale_vox: float) -> np.ndarray:
-    """Unit-variance smooth noise (correlation length ~``scale_vox`` voxels), made coarse and
-    upsampled to save time."""
-    f = 2
-    coarse = tuple(int(np.ceil(n / f)) + 1 for n in shape)
-    g = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), scale_vox / f)
-    g /= max(float(g.std()), 1e-6)
-    up = ndimage.zoom(g, f, order=1, prefilter=False)
-    return up[: shape[0], : shape[1], : shape[2]]

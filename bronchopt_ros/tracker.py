@@ -177,6 +177,14 @@ class Tracker:
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
                            time.perf_counter() - t0, reg.valid_fraction, relocalised)
 
+    def register_once(self, frame: Frame, start: Pose) -> tuple[RegResult, float]:
+        """Register one frame independently from ``start`` (the frame-wise protocol): the same
+        search as a (re)initialisation, no state touched. Returns the result and its confidence."""
+        target = self.predictor(frame)
+        starts = rotation_hypotheses(start)[: max(1, self.config.init_hypotheses)]
+        reg = register_depth(self.renderer, target, starts, replace(self.config.reg_config(), keep=3))
+        return reg, self.confidence(reg)
+
     def confidence(self, reg: RegResult) -> float:
         if not reg.inside or not math.isfinite(reg.si_error):
             return 0.0

@@ -1,0 +1,217 @@
+"""Offline evaluation: the tracker over a case's bag (continuous tracking or the paper's
+frame-wise protocol), the contract's ``poses.tum`` / ``metrics.json``, and plots.
+
+The same :func:`bronchopt_ros.pipeline.build_tracker` as the node: one tracker implementation.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .airway.loading import load_airway_with_centerline
+from .geometry import Camera, Pose
+from .io.bag import read_case_bag
+from .io.tum import read_tum, write_tum
+from .pipeline import PipelineConfig, build_tracker, prepare_frame
+from .tracker import TrackState
+
+__all__ = ["FrameRecord", "track_case", "framewise_case", "summarise", "LEVELS"]
+
+LEVELS = ("easy", "medium", "hard")
+
+
+@dataclass
+class FrameRecord:
+    stamp: float
+    pose: Pose | None
+    truth: Pose | None
+    state: int
+    confidence: float
+    time_s: float
+    iterations: int
+    rgb: np.ndarray | None = field(default=None, repr=False)
+    camera: Camera | None = field(default=None, repr=False)
+
+
+def load_case_airway(case: Path):
+    mesh = next((case / f"airway.{ext}" for ext in ("ply", "stl", "obj") if (case / f"airway.{ext}").exists()), None)
+    if mesh is None:
+        raise FileNotFoundError(f"{case}: no airway.ply/.stl/.obj")
+    return load_airway_with_centerline(mesh, units="mm", compute=False)
+
+
+def _truth_by_stamp(case: Path) -> dict[int, Pose]:
+    if not (case / "truth.tum").exists():
+        return {}
+    stamps, poses = read_tum(case / "truth.tum")
+    return {int(round(t * 1e3)): p for t, p in zip(stamps, poses)}  # key: milliseconds
+
+
+def _lookup(table: dict[int, Pose], stamp: float) -> Pose | None:
+    k = int(round(stamp * 1e3))
+    return table.get(k, table.get(k - 1, table.get(k + 1)))
+
+
+def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None, progress: bool = True,
+               keep_frames: int = 0, predictor=None, max_frames: int | None = None):
+    """Continuous tracking over every frame of ``case``'s bag, from its /initialpose.
+
+    Returns (records, errors) where errors are the bag's damage reports (kept going past them)."""
+    case = Path(case)
+    cfg = cfg or PipelineConfig()
+    airway = load_case_airway(case)
+    tracker = build_tracker(airway, cfg, encoder=encoder, predictor=predictor)
+    truth = _truth_by_stamp(case)
+    records: list[FrameRecord] = []
+    errors: list[str] = []
+    camera: Camera | None = None
+    bar = _bar(progress, "tracking")
+    for ev in read_case_bag(case / "procedure"):
+        if ev.kind == "error":
+            errors.append(ev.error)
+            continue
+        if ev.kind == "camera_info":
+            camera = ev.data
+        elif ev.kind == "initialpose":
+            tracker.initialise(ev.data)
+        elif ev.kind == "image":
+            if camera is None:
+                errors.append(f"image at {ev.stamp_ns} ns before any camera_info: skipped")
+                continue
+            try:
+                frame = prepare_frame(ev.data, camera, ev.stamp_s)
+            except ValueError as exc:
+                errors.append(f"image at {ev.stamp_ns} ns: {exc}")
+                continue
+            res = tracker.process(frame)
+            gt = _lookup(truth, frame.stamp)
+            keep = keep_frames > 0
+            rec = FrameRecord(frame.stamp, res.pose, gt, int(res.state), res.confidence, res.time_s, res.iterations,
+                              frame.rgb if keep else None, frame.camera if keep else None)
+            records.append(rec)
+            if bar is not None:
+                bar.update(1)
+                if gt is not None and res.pose is not None:
+                    e = [r.pose.translation_error(r.truth) * 1e3 for r in records if r.pose and r.truth]
+                    bar.set_postfix(err_mm=f"{np.mean(e):.2f}", fps=f"{1.0 / max(np.mean([r.time_s for r in records]), 1e-6):.0f}")
+            if max_frames and len(records) >= max_frames:
+                break
+    if bar is not None:
+        bar.close()
+    return records, errors, tracker
+
+
+def framewise_case(case: str | Path, level: str, cfg: PipelineConfig | None = None, encoder=None,
+                   progress: bool = True, predictor=None, max_frames: int | None = None):
+    """The paper's protocol: every frame listed in ``starts/<level>.tum`` registered independently
+    from its stored start. Returns (records, starts, errors)."""
+    case = Path(case)
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}")
+    sfile = case / "starts" / f"{level}.tum"
+    if not sfile.exists():
+        raise FileNotFoundError(f"{sfile} not found (frame-wise starts are written by `bronchopt sim benchmark`)")
+    cfg = cfg or PipelineConfig()
+    airway = load_case_airway(case)
+    tracker = build_tracker(airway, cfg, encoder=encoder, predictor=predictor)
+    s_stamps, s_poses = read_tum(sfile)
+    starts = {int(round(t * 1e3)): p for t, p in zip(s_stamps, s_poses)}
+    truth = _truth_by_stamp(case)
+    records, used_starts, errors = [], [], []
+    camera = None
+    bar = _bar(progress, f"frame-wise {level}", total=len(starts))
+    for ev in read_case_bag(case / "procedure"):
+        if ev.kind == "error":
+            errors.append(ev.error)
+        elif ev.kind == "camera_info":
+            camera = ev.data
+        elif ev.kind == "image" and camera is not None:
+            start = _lookup(starts, ev.stamp_s)
+            if start is None:
+                continue
+            frame = prepare_frame(ev.data, camera, ev.stamp_s)
+            t0 = time.perf_counter()
+            reg, conf = tracker.register_once(frame, start)
+            dt = time.perf_counter() - t0
+            records.append(FrameRecord(frame.stamp, reg.pose, _lookup(truth, frame.stamp),
+                                       int(TrackState.TRACKING), conf, dt, reg.iterations))
+            used_starts.append(start)
+            if bar is not None:
+                bar.update(1)
+            if max_frames and len(records) >= max_frames:
+                break
+    if bar is not None:
+        bar.close()
+    return records, used_starts, errors, tracker
+
+
+def summarise(records: list[FrameRecord], lost_gap_s: bool = True) -> dict:
+    """metrics.json content (../shared/CONTRACT.md keys, plus a few more)."""
+    from .metrics import pose_error_stats
+
+    pairs = [(r.pose, r.truth) for r in records if r.pose is not None and r.truth is not None]
+    out: dict = {"frames": len(records)}
+    if pairs:
+        out.update(pose_error_stats([p for p, _ in pairs], [g for _, g in pairs]))
+        out["frames"] = len(records)
+        # Frames without any estimate count as failures in the success rate over all frames.
+        out["success_rate"] = out["success_rate"] * len(pairs) / max(len(records), 1)
+    times = np.array([r.time_s for r in records]) if records else np.zeros(1)
+    out["fps_mean"] = float(1.0 / max(times.mean(), 1e-9))
+    out["latency_ms_p50"] = float(np.percentile(times, 50) * 1e3)
+    out["latency_ms_p95"] = float(np.percentile(times, 95) * 1e3)
+    lost = [r.state != int(TrackState.TRACKING) for r in records]
+    out["lost_frames"] = int(sum(lost))
+    # Longest stretch not TRACKING, in seconds.
+    longest, start = 0.0, None
+    for r, l in zip(records, lost):
+        if l and start is None:
+            start = r.stamp
+        if not l and start is not None:
+            longest, start = max(longest, r.stamp - start), None
+    if start is not None and records:
+        longest = max(longest, records[-1].stamp - start)
+    out["longest_lost_s"] = float(longest)
+    return out
+
+
+def framewise_metrics(records: list[FrameRecord], starts: list[Pose], tracker) -> dict:
+    """The paper's figures over all frames and over the successful ones, the start error, and the
+    depth-image metrics (rendered depth at the estimate vs at the truth)."""
+    from .metrics import depth_image_metrics, pose_error_stats
+
+    out = summarise(records)
+    pairs = [(r, s) for r, s in zip(records, starts) if r.truth is not None and r.pose is not None]
+    if not pairs:
+        return out
+    out["start"] = pose_error_stats([s for _, s in pairs], [r.truth for r, _ in pairs])
+    ok = [r for r, _ in pairs if r.pose.translation_error(r.truth) < 5e-3 and r.pose.rotation_error(r.truth) < math.radians(10)]
+    if ok:
+        out["successful"] = pose_error_stats([r.pose for r in ok], [r.truth for r in ok])
+    cam = Camera(200, 200, 110.2, 110.3, 100.6, 103.7).scaled(64)
+    dm = [depth_image_metrics(tracker.renderer.render(cam, r.pose).depth, tracker.renderer.render(cam, r.truth).depth, cam)
+          for r, _ in pairs[:: max(1, len(pairs) // 50)]]
+    for k in dm[0]:
+        out[f"depth_{k}"] = float(np.mean([d[k] for d in dm]))
+    return out
+
+
+def write_results(out_dir: str | Path, records: list[FrameRecord], metrics: dict) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    est = [(r.stamp, r.pose) for r in records if r.pose is not None]
+    write_tum(out / "poses.tum", [s for s, _ in est], [p for _, p in est])
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+
+
+def _bar(progress: bool, desc: str, total: int | None = None):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True)

@@ -183,7 +183,7 @@ def summarise(records: list[FrameRecord], lost_gap_s: bool = True) -> dict:
 def framewise_metrics(records: list[FrameRecord], starts: list[Pose], tracker) -> dict:
     """The paper's figures over all frames and over the successful ones, the start error, and the
     depth-image metrics (rendered depth at the estimate vs at the truth)."""
-    from .metrics import depth_image_metrics, pose_error_stats
+    from .metrics import depth_metrics, pose_error_stats
 
     out = summarise(records)
     pairs = [(r, s) for r, s in zip(records, starts) if r.truth is not None and r.pose is not None]
@@ -194,7 +194,7 @@ def framewise_metrics(records: list[FrameRecord], starts: list[Pose], tracker) -
     if ok:
         out["successful"] = pose_error_stats([r.pose for r in ok], [r.truth for r in ok])
     cam = Camera(200, 200, 110.2, 110.3, 100.6, 103.7).scaled(64)
-    dm = [depth_image_metrics(tracker.renderer.render(cam, r.pose).depth, tracker.renderer.render(cam, r.truth).depth, cam)
+    dm = [depth_metrics(tracker.renderer.render(cam, r.pose).depth, tracker.renderer.render(cam, r.truth).depth, cam)
           for r, _ in pairs[:: max(1, len(pairs) // 50)]]
     for k in dm[0]:
         out[f"depth_{k}"] = float(np.mean([d[k] for d in dm]))

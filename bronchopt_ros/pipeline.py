@@ -61,7 +61,8 @@ def build_tracker(airway, cfg: PipelineConfig, encoder=None, predictor=None, rel
                              device=None if cfg.device == "cpu" else cfg.device)
     if predictor is None:
         predictor = EncoderDepthPredictor(encoder if encoder is not None else load_default_encoder(cfg))
-    tracker = Tracker(renderer, predictor, cfg.tracker, relocaliser=relocaliser)
+    tracker = Tracker(renderer, predictor, cfg.tracker, relocaliser=relocaliser,
+                      centerline=getattr(airway, "centerline", None))
     tracker.renderer_backend = getattr(renderer, "name", "cpu")
     tracker.encoder_backend = getattr(predictor, "name", "custom")
     return tracker

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .geometry import Camera, Pose
 from .render.projection import log_depth_jacobian
 
-__all__ = ["DepthTarget", "DepthRegConfig", "RegResult", "register_depth", "rotation_hypotheses", "si_cost"]
+__all__ = ["DepthTarget", "DepthRegConfig", "RegResult", "register_depth", "rotation_hypotheses", "centerline_hypotheses", "si_cost"]
 
 
 @dataclass
@@ -221,6 +221,45 @@ def rotation_hypotheses(pose: Pose, tilt: float = 0.3, n_tilt: int = 6, roll: fl
         out.append(pose.retract([0, 0, 0, tilt * np.cos(a), tilt * np.sin(a), 0.0]))
     if roll > 0:
         out += [pose.retract([0, 0, 0, 0, 0, roll]), pose.retract([0, 0, 0, 0, 0, -roll])]
+    return out
+
+
+def centerline_hypotheses(centerline, pose: Pose, radius: float = 0.01, spacing: float = 0.002,
+                          rolls: tuple[float, ...] = (0.0,)) -> list[Pose]:
+    """Poses on the airway centerline within ``radius`` (m) of ``pose``'s centre, every
+    ``spacing`` along each branch, looking down the branch, with ``pose``'s roll (plus ``rolls``).
+
+    The scope mostly looks along the airway, so these starts cover what a perturbed start
+    (several mm and tens of degrees off) cannot reach by local descent."""
+    if centerline is None or not len(centerline):
+        return []
+    out = []
+    x_ref = pose.R[:, 0]
+    for b in centerline.branches:
+        pts = b.points
+        d = np.linalg.norm(pts - pose.t, axis=1)
+        if d.min() > radius:
+            continue
+        seg = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))]
+        for s in np.arange(0.0, seg[-1], spacing):
+            i = int(np.searchsorted(seg, s))
+            i = min(max(i, 0), len(pts) - 1)
+            if d[i] > radius:
+                continue
+            j = min(len(pts) - 1, i + 3)
+            k = max(0, j - 6)
+            z = pts[j] - pts[k]
+            nz = np.linalg.norm(z)
+            if nz < 1e-9:
+                continue
+            z = z / nz
+            x = x_ref - (x_ref @ z) * z
+            if np.linalg.norm(x) < 1e-6:
+                x = np.cross(z, [1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.cross(z, [0.0, 1.0, 0.0])
+            x /= np.linalg.norm(x)
+            base = Pose(np.column_stack([x, np.cross(z, x), z]), pts[i])
+            for roll in rolls:
+                out.append(base.retract([0, 0, 0, 0, 0, roll]) if roll else base)
     return out
 
 

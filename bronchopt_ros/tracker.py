@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .geometry import Camera, Pose
-from .registration import DepthRegConfig, DepthTarget, RegResult, register_depth, rotation_hypotheses
+from .registration import (DepthRegConfig, DepthTarget, RegResult, centerline_hypotheses, register_depth,
+                           rotation_hypotheses)
 
 __all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor"]
 
@@ -61,7 +62,9 @@ class TrackerConfig:
     iterations: tuple[int, ...] = (6, 4, 3)  # iteration caps per pyramid level (tracking)
     motion_damping: float = 0.7  # share of the last inter-frame motion predicted forward (0 = none)
     hypotheses: int = 1  # 1: warm start only; >1: also rotated copies of it (wider basin, slower)
-    init_hypotheses: int = 9  # starts tried when (re)initialising from /initialpose
+    init_hypotheses: int = 9  # rotated starts tried when (re)initialising from /initialpose
+    search_radius: float = 0.012  # m: centerline starts within this of a (re)initialisation pose
+    search_spacing: float = 0.002  # m: their spacing along each branch
     si_scale: float = 0.25  # scale-invariant log error at which confidence is exp(-1)
     min_valid_fraction: float = 0.2  # fewer rendered pixels than this: not trustworthy
     lost_below: float = 0.25  # confidence under this ...
@@ -95,8 +98,9 @@ class Tracker:
     frame to candidate poses when lost."""
 
     def __init__(self, renderer, predictor: DepthPredictor, config: TrackerConfig | None = None,
-                 relocaliser: Callable[[Frame], list[Pose]] | None = None):
+                 relocaliser: Callable[[Frame], list[Pose]] | None = None, centerline=None):
         self.renderer = renderer
+        self.centerline = centerline
         self.predictor = predictor
         self.config = config or TrackerConfig()
         self.relocaliser = relocaliser
@@ -148,9 +152,8 @@ class Tracker:
         target = self.predictor(frame)
         cfg = self.config
         if self._pending_init is not None:
-            starts = rotation_hypotheses(self._pending_init) if cfg.init_hypotheses > 1 else [self._pending_init]
-            starts = starts[: max(1, cfg.init_hypotheses)]
-            reg = register_depth(self.renderer, target, starts, replace(cfg.reg_config(), keep=3))
+            reg = register_depth(self.renderer, target, self.search_starts(self._pending_init),
+                                 replace(cfg.reg_config(), keep=3))
             self._pending_init = None
         else:
             pred = self.predict(frame.stamp)
@@ -181,9 +184,17 @@ class Tracker:
         """Register one frame independently from ``start`` (the frame-wise protocol): the same
         search as a (re)initialisation, no state touched. Returns the result and its confidence."""
         target = self.predictor(frame)
-        starts = rotation_hypotheses(start)[: max(1, self.config.init_hypotheses)]
+        starts = self.search_starts(start)
         reg = register_depth(self.renderer, target, starts, replace(self.config.reg_config(), keep=3))
         return reg, self.confidence(reg)
+
+    def search_starts(self, pose: Pose) -> list[Pose]:
+        """Starts for a wide search around ``pose``: rotated copies of it and centerline poses nearby."""
+        cfg = self.config
+        starts = rotation_hypotheses(pose)[: max(1, cfg.init_hypotheses)]
+        if cfg.search_radius > 0:
+            starts += centerline_hypotheses(self.centerline, pose, cfg.search_radius, cfg.search_spacing)
+        return starts
 
     def confidence(self, reg: RegResult) -> float:
         if not reg.inside or not math.isfinite(reg.si_error):

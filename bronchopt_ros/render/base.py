@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..geometry import Camera, Pose
-from .projection import (HitPlanes, depth_jacobian, hit_planes, plane_depth, plane_normals,
+from .projection import (HitPlanes, depth_jacobian, dot, hit_planes, plane_depth, plane_normals,
                          to_image, triangle_planes)
 
 __all__ = ["DepthRender", "DepthFunction", "Renderer", "make_renderer"]
@@ -140,7 +140,7 @@ class Renderer(ABC):
         # Outward normal pointing away from the camera (n_out . r > 0): seen from inside.
         R = torch.as_tensor(pose.R, dtype=planes.rays.dtype, device=self.device)
         n_out = self._face_normal[planes.tri] @ R
-        away = (n_out * planes.rays).sum(-1) > 0
+        away = dot(n_out, planes.rays) > 0
         return planes, float(away.double().mean())
 
     def render(self, camera: Camera, pose: Pose, *, normals: bool = True, jacobian: bool = False) -> DepthRender:

@@ -45,7 +45,8 @@ class EncoderDepthPredictor:
         ld = out.log_depth.float().cpu()
         h, w = ld.shape[-2:]
         conf = out.confidence.float().cpu() if out.confidence is not None else torch.ones_like(ld)
-        return DepthTarget(ld.reshape(h, w), conf.reshape(h, w).clamp(0, 1), frame.camera.scaled(w, h))
+        return DepthTarget(ld.reshape(h, w), conf.reshape(h, w).clamp(0, 1), frame.camera.scaled(w, h),
+                           features=out.features)
 
 
 def load_default_encoder(cfg: PipelineConfig):

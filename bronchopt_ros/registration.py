@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from .geometry import Camera, Pose
 from .render.projection import log_depth_jacobian
 
-__all__ = ["DepthTarget", "DepthRegConfig", "RegResult", "register_depth", "rotation_hypotheses", "centerline_hypotheses", "si_cost"]
+__all__ = ["DepthTarget", "DepthRegConfig", "RegResult", "register_depth", "rotation_hypotheses", "centerline_hypotheses", "si_cost",
+           "FeatureRegConfig", "register_features"]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class DepthTarget:
     log_depth: torch.Tensor  # (h, w)
     weight: torch.Tensor  # (h, w) in [0, 1]
     camera: Camera
+    features: torch.Tensor | None = None  # the encoder's dense RGB features (paper mode), if any
     _levels: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -118,10 +120,13 @@ def _si_system(renderer, cam: Camera, pose: Pose, target_ld: torch.Tensor, targe
     return r, w, J, planes.count / (cam.width * cam.height), inside > 0.5
 
 
-def _robust(r: torch.Tensor, w: torch.Tensor, k: float) -> tuple[torch.Tensor, float, float]:
-    """Huber weights times the confidence weights; returns (weights, robust cost, plain rms)."""
-    med = r.median()
-    sigma = 1.4826 * (r - med).abs().median().clamp_min(1e-3)
+def _mad(r: torch.Tensor) -> float:
+    return float(1.4826 * (r - r.median()).abs().median())
+
+
+def _robust(r: torch.Tensor, w: torch.Tensor, k: float, sigma: float) -> tuple[torch.Tensor, float, float]:
+    """Huber weights (scale ``sigma``) times the confidence weights; returns (weights, robust
+    cost, plain weighted rms)."""
     a = r.abs() / sigma
     hub = torch.where(a <= k, torch.ones_like(a), k / a.clamp_min(1e-12))
     rho = torch.where(a <= k, 0.5 * a**2, k * a - 0.5 * k**2) * sigma**2
@@ -137,7 +142,7 @@ def si_cost(renderer, target: DepthTarget, pose: Pose, width: int, huber_k: floa
     r, w, _, vf, inside = _si_system(renderer, cam, pose, ld, wt, with_jacobian=False)
     if r is None:
         return math.inf, math.inf, vf, inside
-    _, cost, rms = _robust(r, w, huber_k)
+    _, cost, rms = _robust(r, w, huber_k, max(_mad(r), 1e-3))
     return cost, rms, vf, inside
 
 
@@ -148,7 +153,9 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
     r, w, J, vf, inside = _si_system(renderer, cam, pose, ld, wt)
     if r is None or r.numel() < cfg.min_valid:
         return pose, math.inf, math.inf, 0, vf, inside, False
-    W, cost, rms = _robust(r, w, cfg.huber_k)
+    # One robust scale per level (costs of different iterates stay comparable); it only shrinks.
+    sigma = max(_mad(r), 1e-4)
+    W, cost, rms = _robust(r, w, cfg.huber_k, sigma)
     while it < iters:
         it += 1
         JW = J * W[:, None]
@@ -168,7 +175,7 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
         cand = pose.retract(dx)
         r2, w2, J2, vf2, inside2 = _si_system(renderer, cam, cand, ld, wt)
         if r2 is not None and r2.numel() >= cfg.min_valid:
-            W2, cost2, rms2 = _robust(r2, w2, cfg.huber_k)
+            W2, cost2, rms2 = _robust(r2, w2, cfg.huber_k, sigma)
             if cost2 <= cost * (1 + 1e-9):
                 pose, r, w, J, W, cost, rms, vf, inside = cand, r2, w2, J2, W2, cost2, rms2, vf2, inside2
                 lam = max(lam * 0.3, 1e-7)
@@ -268,3 +275,53 @@ def _rank(r: RegResult):
     return (not r.inside, r.cost)
 
 
+
+
+# ---------------------------------------------------------------------- the paper's objective
+@dataclass
+class FeatureRegConfig:
+    """The paper-faithful mode: maximise the encoder similarity between the frame's dense features
+    and those of the depth rendered at the pose, with Adam through the differentiable renderer."""
+
+    width: int = 64  # render width for the depth encoder
+    max_iters: int = 60
+    lr_trans: float = 1e-3
+    lr_rot: float = 2e-2
+
+
+def register_features(renderer, encoder, rgb_features: torch.Tensor, camera: Camera, starts: list[Pose],
+                      cfg: FeatureRegConfig | None = None) -> RegResult:
+    """Adam on ``1 - similarity(F_rgb, encode_depth(render(pose)))`` from each start; the best
+    final similarity wins. ``camera`` is the frame's camera (any size; rendered at ``cfg.width``)."""
+    from .optimize import AdamConfig, adam_refine
+
+    cfg = cfg or FeatureRegConfig()
+    cam = camera.scaled(cfg.width, max(1, round(cfg.width * camera.height / camera.width)))
+    t0 = time.perf_counter()
+
+    def loss_at(pose: Pose):
+        f = renderer.depth_fn(cam, pose)
+        if f.planes.count < 10:
+            return lambda xi: torch.tensor(math.inf, dtype=torch.float64) + 0 * xi.sum()
+        valid = f.valid
+
+        def loss(xi: torch.Tensor) -> torch.Tensor:
+            depth = f(xi)
+            fd = encoder.encode_depth(depth, valid)
+            return 1.0 - encoder.similarity(rgb_features, fd).double()
+        return loss
+
+    acfg = AdamConfig(lr_trans=cfg.lr_trans, lr_rot=cfg.lr_rot, max_iters=cfg.max_iters)
+    best = None
+    total = 0
+    for k, pose in enumerate(starts):
+        res = adam_refine(loss_at, pose, acfg)
+        total += res.iterations
+        out = renderer.render(cam, res.pose, normals=False)
+        r = RegResult(res.pose, res.loss, res.loss, res.iterations, 0.0, out.valid_fraction, out.inside,
+                      res.converged, k)
+        if best is None or _rank(r) < _rank(best):
+            best = r
+    best.iterations = total
+    best.time_s = time.perf_counter() - t0
+    return best

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .geometry import Camera, Pose
-from .registration import (DepthRegConfig, DepthTarget, RegResult, centerline_hypotheses, register_depth,
-                           rotation_hypotheses)
+from .registration import (DepthRegConfig, DepthTarget, FeatureRegConfig, RegResult, centerline_hypotheses,
+                           register_depth, register_features, rotation_hypotheses, si_cost)
 
 __all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor"]
 
@@ -152,29 +152,34 @@ class Tracker:
         target = self.predictor(frame)
         cfg = self.config
         if self._pending_init is not None:
-            reg = register_depth(self.renderer, target, self.search_starts(self._pending_init),
-                                 replace(cfg.reg_config(), keep=3))
+            reg = self._register(frame, target, self.search_starts(self._pending_init), keep=3)
             self._pending_init = None
         else:
             pred = self.predict(frame.stamp)
             starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
             if self.prev_pose is not None and cfg.motion_damping > 0 and cfg.hypotheses > 1:
                 starts.append(self.pose)
-            reg = register_depth(self.renderer, target, starts, cfg.reg_config())
+            reg = self._register(frame, target, starts)
         relocalised = False
         conf = self.confidence(reg)
-        if self.state in (TrackState.LOST, TrackState.RELOCALISING) and conf < cfg.recover_above \
-                and self.relocaliser is not None:
-            cands = self.relocaliser(frame)
+        if self.state in (TrackState.LOST, TrackState.RELOCALISING) and conf < cfg.recover_above:
+            # Lost: search wide around the last trusted pose (centerline starts) and, when a
+            # relocaliser is configured, from its candidates (global place recognition).
+            cands = self.search_starts(self.pose)
+            if self.relocaliser is not None:
+                cands = list(self.relocaliser(frame)) + cands
             if cands:
-                rr = register_depth(self.renderer, target, cands, replace(cfg.reg_config(), keep=3))
-                rc = self.confidence(rr)
-                if rc > conf:
-                    reg, conf, relocalised = rr, rc, True
-                    self.relocalisations += 1
+                rr = self._register(frame, target, cands, keep=3)
+                rconf = self.confidence(rr)
+                if rconf > conf:
+                    reg, conf = rr, rconf
+                    relocalised = rconf >= cfg.recover_above
+                    self.relocalisations += int(relocalised)
         self._update_state(conf, relocalised)
-        self.prev_pose, self.pose = self.pose, reg.pose
-        if relocalised:
+        if conf >= cfg.lost_below:
+            self.prev_pose, self.pose = (None if relocalised else self.pose), reg.pose
+        else:
+            # Not trustworthy: keep the last trusted pose as the warm start (coast), no motion model.
             self.prev_pose = None
         sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
@@ -184,9 +189,26 @@ class Tracker:
         """Register one frame independently from ``start`` (the frame-wise protocol): the same
         search as a (re)initialisation, no state touched. Returns the result and its confidence."""
         target = self.predictor(frame)
-        starts = self.search_starts(start)
-        reg = register_depth(self.renderer, target, starts, replace(self.config.reg_config(), keep=3))
+        reg = self._register(frame, target, self.search_starts(start), keep=3)
         return reg, self.confidence(reg)
+
+    def _register(self, frame: Frame, target: DepthTarget, starts: list[Pose], keep: int | None = None) -> RegResult:
+        cfg = self.config
+        if cfg.mode == "features":
+            enc = getattr(self.predictor, "encoder", None)
+            if enc is None or target.features is None:
+                raise ValueError("tracker mode 'features' needs the encoder's dense features")
+            # Paper-faithful: Adam from the single given start (no hypotheses).
+            starts = starts[:1]
+            reg = register_features(self.renderer, enc, target.features, frame.camera, starts,
+                                    FeatureRegConfig(width=cfg.pyramid[-1]))
+            cost, rms, vf, inside = si_cost(self.renderer, target, reg.pose, cfg.pyramid[-1])
+            reg.si_error, reg.valid_fraction, reg.inside = rms, vf, inside
+            return reg
+        rc = cfg.reg_config()
+        if keep is not None:
+            rc = replace(rc, keep=keep)
+        return register_depth(self.renderer, target, starts, rc)
 
     def search_starts(self, pose: Pose) -> list[Pose]:
         """Starts for a wide search around ``pose``: rotated copies of it and centerline poses nearby."""

@@ -29,6 +29,7 @@ class PipelineConfig:
     encoder_weights: str = ""  # empty: the shipped weights
     encoder_input_size: int = 128  # the RGB frame is resized to this (square) for the encoder
     device: str = "cpu"
+    relocalisation: bool = True  # build the centerline view index (global embeddings) for relocalisation
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
 
@@ -46,7 +47,7 @@ class EncoderDepthPredictor:
         h, w = ld.shape[-2:]
         conf = out.confidence.float().cpu() if out.confidence is not None else torch.ones_like(ld)
         return DepthTarget(ld.reshape(h, w), conf.reshape(h, w).clamp(0, 1), frame.camera.scaled(w, h),
-                           features=out.features)
+                           features=out.features, embedding=out.embedding)
 
 
 def load_default_encoder(cfg: PipelineConfig):
@@ -62,11 +63,32 @@ def build_tracker(airway, cfg: PipelineConfig, encoder=None, predictor=None, rel
                              device=None if cfg.device == "cpu" else cfg.device)
     if predictor is None:
         predictor = EncoderDepthPredictor(encoder if encoder is not None else load_default_encoder(cfg))
+    if relocaliser is None and cfg.relocalisation and getattr(airway, "centerline", None) is not None \
+            and hasattr(predictor, "encoder"):
+        relocaliser = _index_relocaliser(renderer, predictor.encoder, airway.centerline)
     tracker = Tracker(renderer, predictor, cfg.tracker, relocaliser=relocaliser,
                       centerline=getattr(airway, "centerline", None))
     tracker.renderer_backend = getattr(renderer, "name", "cpu")
     tracker.encoder_backend = getattr(predictor, "name", "custom")
     return tracker
+
+
+def _index_relocaliser(renderer, encoder, centerline):
+    from .relocalise import RelocalisationIndex
+
+    cam = Camera(200, 200, 110.2, 110.3, 100.6, 103.7)  # the index only needs a typical field of view
+    try:
+        index = RelocalisationIndex.build(renderer, encoder, centerline, cam)
+    except (ValueError, AttributeError) as exc:
+        log.warning("relocalisation index not built: %s", exc)
+        return None
+    log.info("relocalisation index: %d views in %.1f s", len(index), index.build_s)
+
+    def relocalise(frame: Frame, target: DepthTarget) -> list:
+        return index.query(target.embedding) if target.embedding is not None else []
+
+    relocalise.index = index
+    return relocalise
 
 
 def prepare_frame(rgb: np.ndarray, camera: Camera, stamp: float, max_size: int = 256) -> Frame:

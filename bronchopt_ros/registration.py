@@ -38,6 +38,7 @@ class DepthTarget:
     weight: torch.Tensor  # (h, w) in [0, 1]
     camera: Camera
     features: torch.Tensor | None = None  # the encoder's dense RGB features (paper mode), if any
+    embedding: torch.Tensor | None = None  # the encoder's global embedding (relocalisation), if any
     _levels: dict = field(default_factory=dict, repr=False)
 
     @classmethod

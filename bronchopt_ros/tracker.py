@@ -95,10 +95,10 @@ class TrackResult:
 class Tracker:
     """Frame-to-CT tracker. ``renderer`` from :func:`bronchopt_ros.render.make_renderer`,
     ``predictor`` maps a frame to its depth target (the encoder); ``relocaliser`` (optional) maps a
-    frame to candidate poses when lost."""
+    frame and its target to candidate poses when lost (global place recognition)."""
 
     def __init__(self, renderer, predictor: DepthPredictor, config: TrackerConfig | None = None,
-                 relocaliser: Callable[[Frame], list[Pose]] | None = None, centerline=None):
+                 relocaliser: Callable[[Frame, DepthTarget], list[Pose]] | None = None, centerline=None):
         self.renderer = renderer
         self.centerline = centerline
         self.predictor = predictor
@@ -167,7 +167,7 @@ class Tracker:
             # relocaliser is configured, from its candidates (global place recognition).
             cands = self.search_starts(self.pose)
             if self.relocaliser is not None:
-                cands = list(self.relocaliser(frame)) + cands
+                cands = list(self.relocaliser(frame, target)) + cands
             if cands:
                 rr = self._register(frame, target, cands, keep=3)
                 rconf = self.confidence(rr)
@@ -241,4 +241,4 @@ class Tracker:
                 self.state = TrackState.TRACKING
                 self._low = 0
             else:
-                self.state = TrackState.RELOCALISING if self.relocaliser is not None else TrackState.LOST
+                self.state = TrackState.RELOCALISING  # lost, and searching every frame

@@ -40,7 +40,7 @@ def pipeline_from_yaml(path: str | Path | None, mode: str | None = None):
     if mode:
         tr["mode"] = mode
     tcfg = TrackerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in tr.items()})
-    keys = ("renderer_backend", "encoder_backend", "encoder_weights", "encoder_input_size", "device")
+    keys = ("renderer_backend", "encoder_backend", "encoder_weights", "encoder_input_size", "device", "relocalisation")
     return PipelineConfig(tracker=tcfg, **{k: params[k] for k in keys if k in params})
 
 

@@ -95,6 +95,8 @@ class Navigator(Node):
             encoder_input_size=p("encoder_input_size", pipe.encoder_input_size, "Encoder input side (px).",
                                  (32, 1024)),
             device=p("device", pipe.device, "Torch device: cpu or cuda."),
+            relocalisation=p("relocalisation", pipe.relocalisation,
+                             "Build the centerline view index (global embeddings) to relocalise when lost."),
             tracker=declare_dataclass(self, "tracker", TrackerConfig(), TRACKER_DOCS))
 
         # ---- state shared between callbacks (executor thread) and the worker thread

@@ -71,8 +71,9 @@ def test_tree_follows_kitaoka_rules(seed):
             np.testing.assert_allclose(k.points[0], b.points[-1])
             ratios.append(k.radii[0] / b.radii[0])
             angles.append(np.degrees(np.arccos(np.clip(_unit(k.points[1] - k.points[0]) @ u, -1, 1))))
-        if len(kids) == 2 and b.parent >= 0:
-            # this bifurcation's plane vs the one that made b
+        if len(kids) == 2 and b.generation >= 2:
+            # this bifurcation's plane vs the one that made b (the main bronchi are the
+            # documented exception: their upper-lobe branch leaves in the carina's plane)
             par = cl.branch(b.parent)
             sib = [s for s in cl.children(par.id)]
             if len(sib) == 2:
@@ -85,7 +86,7 @@ def test_tree_follows_kitaoka_rules(seed):
     assert np.all((ratios > 0.45) & (ratios < 1.05))
     assert 25 < angles.mean() < 50 and angles.max() < 80
     assert 2.0 < np.median(len_ratio[1:]) < 4.5
-    assert np.mean(plane_turns) > 55  # ~90 deg turn between successive branching planes
+    assert np.mean(plane_turns) > 60 and np.median(plane_turns) > 65  # ~90 deg turns (+ jitter)
     # the right main bronchus (larger share) goes to +x, the left one to -x
     mains = sorted(cl.children(root.id), key=lambda k: k.points[-1, 0])
     assert mains[0].points[-1, 0] < root.points[-1, 0] < mains[1].points[-1, 0]

@@ -5,22 +5,33 @@ synthetic CT (:mod:`bronchopt_ros.sim.ct_synth`) and extracts the lumen surface 
 through the same path users' NIfTI volumes take (threshold segmentation -> marching cubes,
 :mod:`bronchopt_ros.airway.ct`), so the mesh has the look of real data.
 
-The tree (Kitaoka, Takaki & Suki, J Appl Physiol 1999, simplified: no lung-volume model):
+The tree follows Kitaoka, Takaki & Suki (J Appl Physiol 1999), simplified:
 
-* the trachea runs down (-z, with a slight posterior tilt) from its open end, ~110 mm long and
-  ~18 mm wide; its first split sends the larger share to the right main bronchus (+x);
-* every bifurcation draws a flow split ``r`` (Beta-distributed around 0.5, clipped to 0.05-0.95);
-  the daughters get diameters ``d0 r^(1/n)`` and ``d0 (1-r)^(1/n)`` (``n = 2.8``) and branch
-  angles ``cos th1 = (1 + r^(4/n) - (1-r)^(4/n)) / (2 r^(2/n))`` (and symmetrically ``th2``);
-* a daughter's branching plane is turned ~90 deg from its parent's (plus seeded jitter);
-* branch length ~3 diameters (terminal branches 3.3), with seeded log-normal variation, and a
-  gentle seeded bend (a quadratic Bezier curve);
-* a daughter that would run into an existing branch is re-aimed (its parent's branching plane is
-  turned), then shortened, then dropped with its subtree.
+* a seeded lung model (:class:`LungModel`: two ellipsoids beside the mediastinum, the left one
+  smaller and indented by the heart) is filled with random points; every branch owns the points
+  of the lung region it supplies (the trachea: all of them);
+* the trachea runs down (-z, tilted slightly posterior) from its open end, ~110 mm long and
+  ~18 mm wide;
+* at a bifurcation a space-dividing plane through the branch's axis splits its region in two;
+  the flow split ``r`` is the share of the region's points (bounded to 0.05-0.95); the daughters
+  get diameters ``d0 r^(1/n)``, ``d0 (1-r)^(1/n)`` (``n = 2.8``) and branch angles
+  ``cos th1 = (1 + r^(4/n) - (1-r)^(4/n)) / (2 r^(2/n))`` (and symmetrically ``th2``), and
+  each heads, at that angle, towards the centroid of its sub-region;
+* the dividing plane (and so the branching plane) of a daughter is turned ~90 deg from its
+  parent's, plus seeded jitter;
+* branch length ~3 diameters (terminal branches 3.3), with seeded log-normal variation, but
+  at most ``centroid_reach`` of the way to its region's centroid and cut where it would leave
+  the lungs; a gentle seeded bend (a quadratic Bezier curve);
+* a daughter that would run into an existing branch is re-aimed (turned about its parent's
+  axis), then shortened, then dropped with its subtree; growth stops at ``generations``, below
+  ``min_diameter_mm`` or when a region has too few points.
+
+Patient-to-patient variation (all from the seed): lung size and position, trachea length, width
+and tilt, diameters, angles, lengths, branching planes, bends.
 
 Coordinates: the CT frame is RAS-like (+x the patient's right, +y anterior, +z superior), the
-trachea's open end at the origin, in millimetres while generating; the returned :class:`~bronchopt_ros.airway.centerline.Centerline`
-is in metres. Centerline points are ~1 mm apart.
+trachea's open end at the origin, millimetres while generating; the returned
+:class:`~bronchopt_ros.airway.centerline.Centerline` is in metres, points ~1 mm apart.
 """
 from __future__ import annotations
 
@@ -33,8 +44,8 @@ from scipy.spatial.transform import Rotation
 from ..airway.centerline import Branch, Centerline
 from ..airway.mesh import Airway
 
-__all__ = ["AnatomyParams", "SyntheticAnatomy", "generate_anatomy", "generate_centerline",
-           "RIGHT", "SUPERIOR", "ANTERIOR"]
+__all__ = ["AnatomyParams", "LungModel", "SyntheticAnatomy", "generate_anatomy",
+           "generate_centerline", "RIGHT", "SUPERIOR", "ANTERIOR"]
 
 #: Directions of the synthetic CT frame (RAS-like): the right main bronchus leaves towards +x.
 RIGHT = np.array([1.0, 0.0, 0.0])
@@ -50,19 +61,23 @@ class AnatomyParams:
     trachea_length_mm: float = 110.0
     trachea_diameter_mm: float = 18.0
     trachea_tilt_deg: float = 8.0  # the trachea runs down and slightly posterior
-    carina_split: float = 0.55  # flow share of the right main bronchus
     diameter_exponent: float = 2.8  # Kitaoka's n
     length_ratio: float = 3.0  # branch length / diameter
     terminal_length_ratio: float = 3.3
-    split_beta: float = 6.0  # flow split r ~ Beta(a, a); larger = more symmetric
     min_diameter_mm: float = 2.4  # thinner branches are not grown (CT at 0.7 mm would lose them)
+    split_beta: float = 6.0  # flow split r ~ Beta(a, a): larger a, more symmetric bifurcations
+    lung_points: int = 6000  # samples of the lung volume shared out among the branches
+    lung_scale: float = 1.0  # size of the lungs (1: an adult's, ~250 mm high)
+    plane_adapt_deg: float = 15.0  # max extra turn of a branching plane towards its region's long side
+    centroid_reach: float = 0.5  # a branch ends at most this far towards its region's centroid
     # Patient-to-patient variation (seeded):
     trachea_length_sd: float = 0.07  # relative
     trachea_diameter_sd: float = 0.07  # relative
+    lung_size_sd: float = 0.06  # relative, per axis
     length_sd: float = 0.2  # relative (log-normal)
     diameter_sd: float = 0.05  # relative, on top of the flow split
     angle_sd_deg: float = 5.0
-    plane_sd_deg: float = 15.0  # jitter of the ~90 deg branching-plane rotation
+    plane_sd_deg: float = 12.0  # jitter of the ~90 deg branching-plane rotation
     bend: float = 0.06  # sd of the mid-branch sideways offset / length
     # Collision handling
     clearance_mm: float = 0.8  # min gap between the lumens of unrelated branches
@@ -79,6 +94,44 @@ class AnatomyParams:
 
 
 @dataclass
+class LungModel:
+    """Two lungs in the CT frame (mm): ellipsoids (index 0 right, 1 left), cut medially at
+    ``mid_x +- mediastinum_mm`` and, for the left one, indented by the heart (a sphere)."""
+
+    centres: np.ndarray  # (2, 3)
+    axes: np.ndarray  # (2, 3) semi-axes
+    mid_x: float
+    mediastinum_mm: float
+    heart_centre: np.ndarray
+    heart_radius: float
+
+    def contains(self, x, y, z) -> np.ndarray:
+        """Inside either lung; ``x, y, z`` broadcast (e.g. a slab of a voxel grid)."""
+        inside = None
+        for c, a, sgn in zip(self.centres, self.axes, (1.0, -1.0)):
+            e = ((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2 + ((z - c[2]) / a[2]) ** 2
+            lung = (e <= 1.0) & (sgn * (x - self.mid_x) >= self.mediastinum_mm)
+            inside = lung if inside is None else inside | lung
+        h = self.heart_centre
+        heart = (x - h[0]) ** 2 + (y - h[1]) ** 2 + (z - h[2]) ** 2 <= self.heart_radius ** 2
+        return inside & ~heart
+
+    def contains_points(self, pts: np.ndarray) -> np.ndarray:
+        pts = np.atleast_2d(pts)
+        return self.contains(pts[:, 0], pts[:, 1], pts[:, 2])
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` points uniformly inside the lungs."""
+        lo = (self.centres - self.axes).min(0)
+        hi = (self.centres + self.axes).max(0)
+        out = []
+        while sum(len(o) for o in out) < n:
+            q = rng.uniform(lo, hi, size=(2 * n, 3))
+            out.append(q[self.contains_points(q)])
+        return np.concatenate(out)[:n]
+
+
+@dataclass
 class SyntheticAnatomy:
     """A generated patient: the airway (lumen mesh in metres + exact centerline) and its CT."""
 
@@ -87,6 +140,7 @@ class SyntheticAnatomy:
     airway: Airway
     ct: "CTVolume"  # noqa: F821  (bronchopt_ros.airway.ct.CTVolume)
     timings: dict = field(default_factory=dict)
+    lungs: LungModel | None = None  # millimetres, CT frame
 
     @property
     def centerline(self) -> Centerline:
@@ -105,8 +159,8 @@ class _Seg:
     generation: int
     points: np.ndarray
     diameter: float
-    w: np.ndarray  # unit vector spanning (with the end tangent) this branch's branching plane
-    side: int  # +1 right lung, -1 left lung, 0 trachea
+    w: np.ndarray  # normal of the plane that will divide this branch's region (perpendicular to its end tangent)
+    region: np.ndarray  # lung points this branch supplies
 
     @property
     def end_dir(self) -> np.ndarray:
@@ -148,15 +202,46 @@ def _min_clearance(pts: np.ndarray, radius: float, others: list[_Seg], skip: set
     if len(q) == 0:
         return np.inf
     best = np.inf
+    qlo, qhi = q.min(0), q.max(0)
     for o in others:
         if o.id in skip:
+            continue
+        reach = radius + o.diameter / 2 + 5.0
+        if np.any(o.points.min(0) > qhi + reach) or np.any(o.points.max(0) < qlo - reach):
             continue
         d = np.linalg.norm(q[:, None, :] - o.points[None, :, :], axis=2).min()
         best = min(best, d - radius - o.diameter / 2)
     return best
 
 
-def _grow(seed: int, p: AnatomyParams) -> list[_Seg]:
+def _make_lungs(carina: np.ndarray, rng: np.random.Generator, p: AnatomyParams) -> LungModel:
+    """Seeded lungs around the carina: apex ~90 mm above it, bases ~150 mm below, each lung
+    ~120 mm wide and ~170 mm deep; the right one larger, the heart in the left-anterior base."""
+    k = p.lung_scale
+    size = lambda: np.exp(rng.normal(0.0, p.lung_size_sd, 3))  # noqa: E731
+    right = carina + k * np.array([68.0, -8.0, -30.0]) + rng.normal(0.0, 4.0, 3)
+    left = carina + k * np.array([-64.0, -10.0, -32.0]) + rng.normal(0.0, 4.0, 3)
+    axes = np.stack([k * np.array([64.0, 88.0, 122.0]) * size(),
+                     k * np.array([60.0, 85.0, 122.0]) * size()])
+    heart = carina + k * np.array([-18.0, 55.0, -105.0]) + rng.normal(0.0, 4.0, 3)
+    return LungModel(np.stack([right, left]), axes, float(carina[0]), 14.0 * k, heart,
+                     float(62.0 * k * size()[0]))
+
+
+def _turn_towards(w: np.ndarray, target: np.ndarray, axis: np.ndarray, max_angle: float) -> np.ndarray:
+    """``w`` (perpendicular to ``axis``) turned about ``axis`` towards the line of ``target``
+    (either sign), by at most ``max_angle``."""
+    t = target - (target @ axis) * axis
+    if np.linalg.norm(t) < 1e-9:
+        return w
+    t = _unit(t)
+    ang = np.arctan2(np.cross(w, t) @ axis, w @ t)
+    ang = (ang + np.pi / 2) % np.pi - np.pi / 2  # a line: the nearest of t, -t
+    ang = float(np.clip(ang, -max_angle, max_angle))
+    return _unit(Rotation.from_rotvec(axis * ang).apply(w))
+
+
+def _grow(seed: int, p: AnatomyParams) -> tuple[list[_Seg], LungModel]:
     rng = np.random.default_rng(seed)
     n = p.diameter_exponent
 
@@ -165,61 +250,102 @@ def _grow(seed: int, p: AnatomyParams) -> list[_Seg]:
     down = _unit(-SUPERIOR * np.cos(tilt) - ANTERIOR * np.sin(tilt))
     L0 = p.trachea_length_mm * float(np.exp(rng.normal(0.0, p.trachea_length_sd)))
     d0 = p.trachea_diameter_mm * float(np.exp(rng.normal(0.0, p.trachea_diameter_sd)))
-    w0 = _unit(np.cross(np.cross(down, RIGHT), down))  # coronal plane, pointing to the right
-    trachea = _Seg(0, -1, 0, _bent_polyline(np.zeros(3), down, L0, np.zeros(3), p.point_spacing_mm),
-                   d0, w0, 0)
+    pts = _bent_polyline(np.zeros(3), down, L0, np.zeros(3), p.point_spacing_mm)
+    lungs = _make_lungs(pts[-1], rng, p)
+    region = lungs.sample(p.lung_points, rng)
+    w0 = _unit(np.cross(np.cross(down, RIGHT), down))  # divides right from left
+    trachea = _Seg(0, -1, 0, pts, d0, w0, region)
     segs = [trachea]
     frontier = [trachea]
     for gen in range(1, p.generations + 1):
         nxt = []
         for par in frontier:
-            nxt += _bifurcate(par, gen, segs, rng, p, n)
+            nxt += _bifurcate(par, gen, segs, lungs, rng, p, n)
         frontier = nxt
         if not frontier:
             break
-    return segs
+    return segs, lungs
 
 
-def _bifurcate(par: _Seg, gen: int, segs: list[_Seg], rng: np.random.Generator, p: AnatomyParams,
-               n: float) -> list[_Seg]:
-    """Grow the two daughters of ``par`` (fewer if they collide or get too thin)."""
-    if gen == 1:
-        r = float(np.clip(p.carina_split + rng.normal(0.0, 0.02), 0.05, 0.95))
+def _bifurcate(par: _Seg, gen: int, segs: list[_Seg], lungs: LungModel, rng: np.random.Generator,
+               p: AnatomyParams, n: float) -> list[_Seg]:
+    """Grow the daughters of ``par`` (fewer if they collide, get too thin or run out of lung)."""
+    min_pts = 4
+    u = par.end_dir
+    e = par.points[-1]
+    if len(par.region) < 2 * min_pts:
+        return []
+    # Kitaoka's space-dividing plane contains the branch's axis; its normal `w` is the
+    # direction the daughters branch to (they and the parent lie in one plane). `par.w` is
+    # turned ~90 deg from the plane the branch was born in; it is turned a little further (at
+    # most `plane_adapt_deg`) to cut the region across its longest side. The main bronchi
+    # branch in the carina's plane instead: the upper lobe bronchus leaves laterally.
+    if par.generation == 1:
+        lat = RIGHT * np.sign(u @ RIGHT)
+        w = _unit(lat - (lat @ u) * u)
+    else:
+        q = par.region - par.region.mean(0)
+        q = q - np.outer(q @ u, u)
+        _, evecs = np.linalg.eigh(np.cov(q.T))
+        w = _turn_towards(par.w, evecs[:, 2], u, np.deg2rad(p.plane_adapt_deg))
+    # Flow split: Kitaoka takes it from the volumes on either side of the plane through the
+    # axis; here the plane is shifted along `w` to split the region at a seeded share
+    # r ~ Beta(split_beta, split_beta), so that branches keep supplying comparable regions.
+    # The carina's split is that of the lungs' volumes (right larger).
+    proj = (par.region - e) @ w
+    if par.parent < 0:
+        side = proj > 0
+        r = float(np.clip(side.mean(), 0.05, 0.95))
     else:
         r = float(np.clip(rng.beta(p.split_beta, p.split_beta), 0.05, 0.95))
-    u = par.end_dir
+        side = proj > np.quantile(proj, 1.0 - r)
     terminal = gen == p.generations
     daughters = []
-    # Daughter 1 (share r) bends towards +w, daughter 2 towards -w.
-    for k, (share, sign) in enumerate(((r, 1.0), (1.0 - r, -1.0))):
-        d = par.diameter * share ** (1.0 / n) * float(np.exp(rng.normal(0.0, p.diameter_sd)))
-        if d < p.min_diameter_mm:
+    for sub, share, sign in ((par.region[side], r, 1.0), (par.region[~side], 1.0 - r, -1.0)):
+        if len(sub) < min_pts:
             continue
+        d = par.diameter * share ** (1.0 / n) * float(np.exp(rng.normal(0.0, p.diameter_sd)))
         theta = _kitaoka_angle(share, n) + np.deg2rad(rng.normal(0.0, p.angle_sd_deg))
         theta = float(np.clip(theta, np.deg2rad(10.0), np.deg2rad(75.0)))
         ratio = p.terminal_length_ratio if terminal else p.length_ratio
-        length = ratio * d * float(np.exp(rng.normal(0.0, p.length_sd)))
-        length = max(length, 1.5 * d, 3.0)
-        side = par.side if par.side else (1 if sign > 0 else -1)
+        length = max(ratio * d * float(np.exp(rng.normal(0.0, p.length_sd))), 1.5 * d, 3.0)
         jitter = float(rng.normal(0.0, np.deg2rad(p.plane_sd_deg)))
         bend_amp = float(rng.normal(0.0, p.bend))
-        flip = 1.0 if rng.random() < 0.5 else -1.0
+        if d < p.min_diameter_mm:
+            continue
+        # Daughters branch in the plane of u and w; a branch does not overshoot the centroid of
+        # the region it supplies (Kitaoka: it stays within its region).
+        to_c = sub.mean(0) - e
+        length = max(min(length, p.centroid_reach * float(np.linalg.norm(to_c))), 1.5 * d)
+        v = sign * w
         placed = None
-        # Try the nominal plane first, then turn the parent's branching plane about the parent's
-        # axis, then shorten; give up (drop the subtree) if nothing fits.
+        # Try the nominal direction, then turn it about the parent's axis, then shorten; give up
+        # (drop the subtree) if nothing fits.
         for scale in (1.0, 0.75, 0.55):
-            for turn in (0.0, 30.0, -30.0, 60.0, -60.0, 90.0, 120.0, -120.0, 180.0):
-                w = Rotation.from_rotvec(u * np.deg2rad(turn)).apply(par.w)
-                dirn = _unit(np.cos(theta) * u + sign * np.sin(theta) * w)
-                nrm = _unit(np.cross(u, w))  # parent's plane normal, perpendicular to dirn
-                w_child = Rotation.from_rotvec(dirn * jitter).apply(flip * nrm)
-                bend = w_child * bend_amp * length * scale
-                pts = _bent_polyline(par.points[-1], dirn, length * scale, bend, p.point_spacing_mm)
-                siblings = {s.id for s in daughters}
-                gap = _min_clearance(pts, d / 2, segs, {par.id} | siblings,
+            for turn in (0.0, 20.0, -20.0, 40.0, -40.0, 60.0, -60.0, 90.0, -90.0):
+                vt = Rotation.from_rotvec(u * np.deg2rad(turn)).apply(v)
+                dirn = _unit(np.cos(theta) * u + np.sin(theta) * vt)
+                L = length * scale
+                if gen >= 2:  # bronchi beyond the main ones end inside the lungs
+                    ts = np.arange(1.0, L + 1e-9, 1.0)
+                    inside = lungs.contains_points(e + ts[:, None] * dirn)
+                    if inside.any():
+                        k0 = int(np.argmax(inside))
+                        if not inside[k0:].all():  # cut where it leaves them again
+                            L = float(ts[k0 + int(np.argmin(inside[k0:]))]) - 1.0
+                    elif gen > 2:
+                        continue
+                    if L < max(1.5 * d, 3.0):
+                        continue
+                # Kitaoka's 90-degree rule: this daughter's region is divided by a plane that
+                # contains its axis and the normal of the plane it was born in.
+                nrm = _unit(np.cross(u, vt))
+                w_child = Rotation.from_rotvec(dirn * jitter).apply(nrm)
+                bend = w_child * bend_amp * L
+                pts = _bent_polyline(e, dirn, L, bend, p.point_spacing_mm)
+                gap = _min_clearance(pts, d / 2, segs, {par.id} | {s.id for s in daughters},
                                      skip_start_mm=par.diameter / 2 + d / 2)
-                # siblings share a start: check them beyond the joint only
-                for s in daughters:
+                for s in daughters:  # siblings share their start: check beyond the joint only
                     gap = min(gap, _min_clearance(pts, d / 2, [s], set(), par.diameter / 2 + d))
                 if gap >= p.clearance_mm:
                     placed = (pts, w_child)
@@ -228,7 +354,7 @@ def _bifurcate(par: _Seg, gen: int, segs: list[_Seg], rng: np.random.Generator, 
                 break
         if placed is None:
             continue
-        seg = _Seg(len(segs), par.id, gen, placed[0], d, placed[1], side)
+        seg = _Seg(len(segs), par.id, gen, placed[0], d, placed[1], sub)
         segs.append(seg)
         daughters.append(seg)
     return daughters
@@ -236,8 +362,10 @@ def _bifurcate(par: _Seg, gen: int, segs: list[_Seg], rng: np.random.Generator, 
 
 def generate_centerline(seed: int, params: AnatomyParams | None = None) -> Centerline:
     """The branch graph of a synthetic airway (metres, CT frame), reproducible per ``seed``."""
-    p = params or AnatomyParams()
-    segs = _grow(int(seed), p)
+    return _to_centerline(_grow(int(seed), params or AnatomyParams())[0])
+
+
+def _to_centerline(segs: list[_Seg]) -> Centerline:
     return Centerline([Branch(s.id, s.parent, s.generation, s.points * 1e-3,
                               np.full(len(s.points), s.diameter * 0.5e-3)) for s in segs])
 
@@ -284,9 +412,10 @@ def generate_anatomy(seed: int, params: AnatomyParams | None = None,
         if progress:
             print(f"[anatomy seed {seed}] {name}: {timings[name]:.2f} s", flush=True)
 
-    cl = generate_centerline(seed, p)
+    segs, lungs = _grow(int(seed), p)
+    cl = _to_centerline(segs)
     tick("centerline")
-    ct = synthesize_ct(cl, p, seed=seed)
+    ct = synthesize_ct(cl, p, seed=seed, lungs=lungs)
     tick("ct")
     root = cl.root
     seed_mm = (root.points[min(5, len(root.points) - 1)] * 1e3)
@@ -297,4 +426,4 @@ def generate_anatomy(seed: int, params: AnatomyParams | None = None,
                                      max_faces=p.max_faces)
     tick("mesh")
     airway = Airway(verts_mm * 1e-3, faces, cl).check()
-    return SyntheticAnatomy(int(seed), replace(p), airway, ct, timings)
+    return SyntheticAnatomy(int(seed), replace(p), airway, ct, timings, lungs)

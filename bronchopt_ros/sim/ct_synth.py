@@ -41,13 +41,14 @@ def _resample(points: np.ndarray, radii: np.ndarray, step: float) -> tuple[np.nd
 
 
 def synthesize_ct(centerline: Centerline, params=None, seed: int = 0,
-                  extend_root_mm: float = 30.0) -> CTVolume:
+                  extend_root_mm: float = 30.0, lungs=None) -> CTVolume:
     """CT volume (int16 HU, affine voxel -> CT frame in mm) of the tubes of ``centerline``.
 
     ``params`` is an :class:`~bronchopt_ros.sim.anatomy.AnatomyParams` (its voxel size, wall
     fraction, noise, blur and margin are used). The trachea's open end is extended by
     ``extend_root_mm`` beyond the volume's top so the trachea is cut by the top slice, as in a
-    chest CT.
+    chest CT. ``lungs`` (a :class:`~bronchopt_ros.sim.anatomy.LungModel`, mm) is where the
+    parenchyma goes; without it, ellipsoids around the left and right subtrees.
     """
     from .anatomy import AnatomyParams
 
@@ -86,8 +87,8 @@ def synthesize_ct(centerline: Centerline, params=None, seed: int = 0,
     for b, pts, rad in branches:
         _add_tube(b.generation, pts, rad, p.wall_fraction, vox, lo, shape, sd_lumen, sd_outer, cart)
 
-    # Tissue around the tree: lungs (ellipsoids around each side's subtree) in soft tissue.
-    lungs = _lung_ellipsoids(centerline)
+    # Tissue around the tree: lung parenchyma in soft tissue.
+    in_lung = lungs.contains if lungs is not None else _ellipsoid_lungs(centerline)
     grid = [np.arange(n, dtype=np.float32) * vox + lo[a] for a, n in enumerate(shape)]
     f = 2  # the texture is made on a 2x coarser grid and upsampled (nearest; the PSF smooths it)
     coarse = tuple(int(np.ceil(n / f)) + 1 for n in shape)
@@ -99,10 +100,8 @@ def synthesize_ct(centerline: Centerline, params=None, seed: int = 0,
     for i0 in range(0, shape[0], slab):
         i1 = min(i0 + slab, shape[0])
         x = grid[0][i0:i1, None, None]
-        lung = np.zeros((i1 - i0, shape[1], shape[2]), dtype=bool)
-        for c, ax in lungs:
-            e = ((x - c[0]) / ax[0]) ** 2 + ((grid[1][None, :, None] - c[1]) / ax[1]) ** 2
-            lung |= (e + ((grid[2][None, None, :] - c[2]) / ax[2]) ** 2) <= 1.0
+        lung = np.broadcast_to(in_lung(x, grid[1][None, :, None], grid[2][None, None, :]),
+                               (i1 - i0, shape[1], shape[2]))
         tex = texture[np.arange(i0, i1) // f][:, jj][:, :, kk]
         h = np.where(lung, np.float32(HU_PARENCHYMA) + tex, np.float32(HU_SOFT_TISSUE))
         # Wall between the lumen and the outer wall surface; box-filtered partial volume at both
@@ -158,16 +157,23 @@ def _add_tube(generation: int, pts: np.ndarray, rad: np.ndarray, wall_fraction: 
     cart[sel] = np.where(better, ring, cart[sel])
 
 
-def _lung_ellipsoids(cl: Centerline) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(centre, semi-axes) in mm of an ellipsoid around each lung's subtree (generation >= 2)."""
+def _ellipsoid_lungs(cl: Centerline):
+    """``contains(x, y, z)`` of an ellipsoid (mm) around each lung's subtree (generation >= 2)."""
     side = _side_of_branches(cl)
-    out = []
+    ells = []
     for s in (1, -1):
         pts = [b.points * 1e3 for b in cl.branches if side.get(b.id) == s and b.generation >= 2]
         if pts:
             pts = np.concatenate(pts)
-            out.append((0.5 * (pts.min(0) + pts.max(0)), 0.5 * np.ptp(pts, axis=0) * 1.35 + 10.0))
-    return out
+            ells.append((0.5 * (pts.min(0) + pts.max(0)), 0.5 * np.ptp(pts, axis=0) * 1.35 + 10.0))
+
+    def contains(x, y, z):
+        out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=bool)
+        for c, a in ells:
+            out |= ((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2 + ((z - c[2]) / a[2]) ** 2 <= 1.0
+        return out
+
+    return contains
 
 
 def _side_of_branches(cl: Centerline) -> dict[int, int]:

@@ -1,0 +1,137 @@
+"""Evidence that the encoder works, through its public API (:class:`~.runtime.Encoder`).
+
+* :func:`ranking` — share of frames whose similarity at the true pose beats the similarity at
+  poses perturbed by 1, 2, 5 mm and 0.05, 0.1, 0.3 rad (random directions);
+* :func:`line_search` — along random translation (and rotation) directions, where the
+  similarity peaks (grid search refined by a parabola); its distance from the truth;
+* :func:`depth_error` — scale-invariant log error of the depth head (Eigen 2014).
+
+Frames come from :func:`eval_frames` (held-out worlds, any appearance domain). The depth the
+encoder compares with is the undeformed CT's, rendered with the Embree ray caster.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..geometry import Camera, Pose
+from .data import EVAL_PERTURBATIONS, PairConfig, PairGenerator, fixed_perturbation
+
+__all__ = ["EvalFrame", "eval_frames", "ranking", "line_search", "depth_error", "evidence"]
+
+
+@dataclass
+class EvalFrame:
+    rgb: np.ndarray  # (S, S, 3) uint8
+    depth: np.ndarray  # (S, S) what the camera sees (metres, 0 = miss)
+    camera: Camera
+    pose: Pose
+    world: object  # has .raycaster (the undeformed CT surface)
+
+    def ct_depth(self, pose: Pose) -> np.ndarray:
+        return self.world.raycaster.cast(self.camera, pose).depth
+
+
+def eval_frames(worlds, n_per_world: int, size: int = 128, domain: str = "train", seed: int = 0) -> list[EvalFrame]:
+    """``n_per_world`` frames per world, RGB in appearance ``domain`` without augmentation."""
+    gen = PairGenerator(worlds, PairConfig(size=size, n_perturb=0, augment=None, domain=domain))
+    frames = []
+    for wi, w in enumerate(worlds):
+        rng = np.random.default_rng((seed, wi))
+        for _ in range(n_per_world):
+            s = gen.sample(rng, world_index=wi)
+            frames.append(EvalFrame(s["rgb"], s["depth"], s["camera"], Pose.from_matrix(s["pose"]), w))
+    return frames
+
+
+def _name(kind: str, mag: float) -> str:
+    return f"{mag * 1e3:g}mm" if kind == "t" else f"{mag:g}rad"
+
+
+@torch.no_grad()
+def ranking(encoder, frames: list[EvalFrame], perturbations=EVAL_PERTURBATIONS, n_dirs: int = 1,
+            seed: int = 0) -> dict[str, float]:
+    """Share of (frame, direction) pairs where the true pose's similarity is the higher, per perturbation."""
+    rng = np.random.default_rng(seed)
+    wins = {(_name(k, m)): [] for k, m in perturbations}
+    for fr in frames:
+        f_rgb = encoder.encode_rgb(fr.rgb).features
+        depths = [fr.ct_depth(fr.pose)]
+        names = []
+        for k, m in perturbations:
+            for _ in range(n_dirs):
+                depths.append(fr.ct_depth(fr.pose.retract(fixed_perturbation(rng, k, m))))
+                names.append(_name(k, m))
+        fd = encoder.encode_depth(torch.from_numpy(np.stack(depths)))
+        s = encoder.similarity(f_rgb.expand_as(fd), fd)
+        for n, sk in zip(names, s[1:]):
+            wins[n].append(bool(s[0] > sk))
+    return {f"rank_{n}": float(np.mean(v)) for n, v in wins.items()}
+
+
+def _peak(offsets: np.ndarray, values: np.ndarray) -> float:
+    i = int(np.argmax(values))
+    if 0 < i < len(values) - 1:
+        y0, y1, y2 = values[i - 1], values[i], values[i + 1]
+        den = y0 - 2 * y1 + y2
+        if den < 0:
+            return float(offsets[i] + 0.5 * (y0 - y2) / den * (offsets[1] - offsets[0]))
+    return float(offsets[i])
+
+
+@torch.no_grad()
+def line_search(encoder, frames: list[EvalFrame], trans_range: float = 0.003, trans_step: float = 0.00025,
+                rot_range: float = 0.15, rot_step: float = 0.0125, seed: int = 0) -> dict[str, float]:
+    """Where the similarity peaks along one random translation and one random rotation direction per
+    frame. Returns the mean / median distance of the peak from the truth (mm, rad)."""
+    rng = np.random.default_rng(seed)
+    t_off = np.arange(-trans_range, trans_range + 1e-12, trans_step)
+    r_off = np.arange(-rot_range, rot_range + 1e-12, rot_step)
+    t_err, r_err = [], []
+    for fr in frames:
+        f_rgb = encoder.encode_rgb(fr.rgb).features
+        for kind, offs, errs in (("t", t_off, t_err), ("r", r_off, r_err)):
+            u = fixed_perturbation(rng, kind, 1.0)
+            depths = np.stack([fr.ct_depth(fr.pose.retract(u * o)) for o in offs])
+            fd = encoder.encode_depth(torch.from_numpy(depths))
+            s = encoder.similarity(f_rgb.expand_as(fd), fd).cpu().numpy()
+            errs.append(abs(_peak(offs, s)))
+    t_err, r_err = np.array(t_err) * 1e3, np.array(r_err)
+    return {"optimum_trans_err_mm_mean": float(t_err.mean()), "optimum_trans_err_mm_median": float(np.median(t_err)),
+            "optimum_rot_err_rad_mean": float(r_err.mean()), "optimum_rot_err_rad_median": float(np.median(r_err))}
+
+
+@torch.no_grad()
+def depth_error(encoder, frames: list[EvalFrame]) -> float:
+    """Mean scale-invariant log error (Eigen 2014: sqrt of the variance of the log ratio) over frames."""
+    errs = []
+    S = encoder.input_size
+    for fr in frames:
+        ld = encoder.encode_rgb(fr.rgb).log_depth.cpu().numpy()
+        d = fr.depth
+        if d.shape != (S, S):
+            import cv2
+
+            d = cv2.resize(d, (S, S), interpolation=cv2.INTER_NEAREST)
+        m = d > 0
+        r = ld[m] - np.log(d[m])
+        errs.append(float(np.sqrt(max(np.mean(r ** 2) - np.mean(r) ** 2, 0.0))))
+    return float(np.mean(errs))
+
+
+def evidence(encoder, worlds, n_per_world: int = 24, seed: int = 0, line_search_frames: int | None = None) -> dict:
+    """The model card's figures: ranking, line-search optimum, depth error (train and test domains)."""
+    tr = eval_frames(worlds, n_per_world, encoder.input_size, "train", seed)
+    te = eval_frames(worlds, n_per_world, encoder.input_size, "test", seed)
+    res = {"frames": len(tr)}
+    res.update(ranking(encoder, tr, seed=seed))
+    res["rank_all"] = float(np.mean([v for k, v in res.items() if k.startswith("rank_")]))
+    res.update({k + "_test_domain": v for k, v in ranking(encoder, te, seed=seed).items()})
+    ls = tr if line_search_frames is None else tr[:line_search_frames]
+    res.update(line_search(encoder, ls, seed=seed))
+    res["line_search_frames"] = len(ls)
+    res["si_log"] = depth_error(encoder, tr)
+    res["si_log_test_domain"] = depth_error(encoder, te)
+    return res

@@ -12,7 +12,13 @@ from bronchopt_ros.metrics import (depth_metrics, disparity_similarity, is_succe
                                    scale_invariant_log_error, translation_error_mm)
 from bronchopt_ros.render import make_renderer
 
-from fixtures_render import MM, bench_camera, trachea_pose, y_airway
+from fixtures_render import MM, bench_camera, trachea_pose, y_airway, torch_threads
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,13 @@ from bronchopt_ros.optimize import (AdamConfig, GNConfig, RefineResult, adam_ref
                                     robust_weights)
 from bronchopt_ros.render import make_renderer
 
-from fixtures_render import MM, bench_camera, trachea_pose, y_airway
+from fixtures_render import MM, bench_camera, trachea_pose, y_airway, torch_threads
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 # Paper's hard level: 7 mm / 0.49 rad. (CT-frame offset of the centre in mm, body rotation vector)
 HARD_STARTS = [

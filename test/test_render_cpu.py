@@ -8,7 +8,13 @@ from bronchopt_ros.render.base import DepthRender, make_renderer
 from bronchopt_ros.render.cpu import CpuRenderer
 from bronchopt_ros.render.raycast import Raycaster
 
-from fixtures_render import MM, bench_camera, moller_trumbore, trachea_pose, y_airway
+from fixtures_render import MM, bench_camera, moller_trumbore, trachea_pose, y_airway, torch_threads
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

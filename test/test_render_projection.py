@@ -10,6 +10,14 @@ from bronchopt_ros.render.projection import (camera_space_vertices, clip_space_v
                                              log_depth_jacobian, plane_depth, plane_normals, to_image,
                                              triangle_planes)
 
+from fixtures_render import torch_threads
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
+
 
 def _scene(seed=0, H=6, W=7):
     """Random triangles in front of a random camera, one per pixel, each crossing its pixel's ray."""

@@ -113,8 +113,9 @@ def test_mesh_recovers_the_tube_surface_within_a_voxel(small):
     top = v[:, 2] > small.centerline.root.points[0, 2] - 2e-3  # the cut at the top slice
     err = np.abs(tube_signed_distance(small.centerline, v[~top]))
     vox = SMALL.voxel_mm
-    assert np.median(err) < 0.5 * vox
-    assert np.percentile(err, 95) < vox
+    # the brief asks for < 1 voxel; the isosurface of the CT does much better
+    assert np.median(err) < 0.3 * vox
+    assert np.percentile(err, 95) < 0.75 * vox
 
 
 def test_mesh_is_a_closed_lumen_around_the_centerline(small):

@@ -8,8 +8,9 @@ synthetic CTs of :mod:`bronchopt_ros.sim`, so both take exactly the same path:
   component of the trachea (found from the top slices, or given as a seed point), then grows
   its boundary by a voxel or two into partial-volume voxels; or, for a label map, keeps the
   largest connected component of the label.
-* :func:`mesh_from_mask` runs marching cubes on the (zero-padded, so closed) mask, maps the
-  vertices through the affine, smooths (Taubin) and optionally decimates. The triangles wind so
+* :func:`mesh_from_mask` runs marching cubes on the (zero-padded, so closed) mask, or on the
+  CT's isosurface held to the mask's boundary, maps the vertices through the affine, smooths
+  (Taubin) and optionally decimates. The triangles wind so
   that **normals point out of the lumen** (into the wall): the mesh is a closed surface of
   positive volume, and a camera inside the lumen sees the back of every triangle (what
   :class:`bronchopt_ros.render.raycast.Raycaster` reports as ``facing_away``).
@@ -196,9 +197,9 @@ def segment_airway(ct: CTVolume, threshold_hu: float | None = -900.0, label: int
         if seed is None:
             raise ValueError("segment_airway: found no trachea-like air region in the top slices "
                              f"(threshold {threshold_hu} HU); pass seed_mm or a label map")
-    lab, _ = ndimage.label(air, structure=six)
-    mask = lab == lab[seed]
-    del lab
+    from skimage.segmentation import flood
+
+    mask = flood(air, seed, connectivity=1)  # visits the component only; 6-neighbourhood
     if grow_hu is not None and grow_voxels > 0:
         allowed = data < grow_hu
         mask = ndimage.binary_dilation(mask, structure=six, iterations=grow_voxels, mask=allowed)
@@ -206,13 +207,19 @@ def segment_airway(ct: CTVolume, threshold_hu: float | None = -900.0, label: int
 
 
 def mesh_from_mask(mask: np.ndarray, affine: np.ndarray, smooth_iterations: int = 10,
-                   max_faces: int | None = None, sigma_voxels: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                   max_faces: int | None = None, sigma_voxels: float | None = None,
+                   intensity: np.ndarray | None = None, level_hu: float = -500.0) -> tuple[np.ndarray, np.ndarray]:
     """Closed lumen surface of a boolean mask, vertices in the affine's frame (mm).
 
-    Marching cubes on the Gaussian-smoothed (``sigma_voxels``), zero-padded mask at level 0.5, so
-    the surface is closed even where the mask touches the volume's border; then Taubin smoothing
-    (``smooth_iterations``) and, above ``max_faces``, quadric decimation if
-    ``fast_simplification`` is installed. Faces are wound with normals out of the lumen.
+    Marching cubes on a zero-padded field, so the surface is closed even where the mask touches
+    the volume's border: the Gaussian-smoothed (``sigma_voxels``, default 1) mask at level 0.5
+    (the smoothing removes most of a label map's staircase), or, given
+    the CT ``intensity`` (HU, same grid), its ``level_hu`` isosurface (smoothed the same way)
+    (``sigma_voxels`` default 0.5) kept on the mask's boundary: mask voxels count as inside and all others as outside, and
+    the HU values only place the surface between them, to sub-voxel precision and without the
+    staircase of a binary mask. Then Taubin smoothing (``smooth_iterations``) and, above
+    ``max_faces``, quadric decimation if ``fast_simplification`` is installed. Faces are wound
+    with normals out of the lumen.
     """
     import trimesh
     from skimage.measure import marching_cubes
@@ -225,19 +232,32 @@ def mesh_from_mask(mask: np.ndarray, affine: np.ndarray, smooth_iterations: int 
     lo = np.maximum(nz.min(0) - 2, 0)
     hi = np.minimum(nz.max(0) + 3, mask.shape)
     sub = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    field = np.pad(sub.astype(np.float32), 2)
-    if sigma_voxels > 0:
-        field = ndimage.gaussian_filter(field, sigma_voxels, truncate=3.0)
+    if sigma_voxels is None:
+        sigma_voxels = 1.0 if intensity is None else 0.5
+    if intensity is None:
+        field = np.pad(sub.astype(np.float32), 3)
+        if sigma_voxels > 0:
+            field = ndimage.gaussian_filter(field, sigma_voxels, truncate=3.0)
+        level = 0.5
+    else:
+        hu = np.asarray(intensity[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+        if sigma_voxels > 0:
+            hu = ndimage.gaussian_filter(hu, sigma_voxels, truncate=3.0)
+        f = np.clip((level_hu - hu) / 500.0, -1.0, 1.0)
+        eps = np.float32(0.02)
+        f = np.where(sub, np.maximum(f, eps), np.minimum(f, -eps))
+        field = np.pad(f, 3, constant_values=-1.0)
+        level = 0.0
     try:
-        verts, faces, _, _ = marching_cubes(field, level=0.5, allow_degenerate=False)
+        verts, faces, _, _ = marching_cubes(field, level=level, allow_degenerate=False)
     except (ValueError, RuntimeError) as exc:
         raise ValueError(f"mesh_from_mask: marching cubes failed: {exc}") from exc
-    verts = verts + (lo - 2)  # back to voxel indices of the full volume
+    verts = verts + (lo - 3)  # back to voxel indices of the full volume
     A = np.asarray(affine, dtype=np.float64)
     verts = verts @ A[:3, :3].T + A[:3, 3]
     mesh = trimesh.Trimesh(verts, faces, process=True)
     if smooth_iterations > 0:
-        trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=-0.53, iterations=smooth_iterations)
+        trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=smooth_iterations)
     if max_faces is not None and len(mesh.faces) > max_faces:
         try:
             mesh = mesh.simplify_quadric_decimation(face_count=max_faces)
@@ -261,8 +281,9 @@ def mesh_from_nifti(path: str | Path, threshold_hu: float | None = None, label: 
         threshold_hu = None if is_label_map(ct) else -900.0
     try:
         mask = segment_airway(ct, threshold_hu=threshold_hu, label=label)
+        hu = ct.hu if (label is None and threshold_hu is not None) else None
         verts, faces = mesh_from_mask(mask, ct.affine, smooth_iterations=smooth_iterations,
-                                      max_faces=max_faces)
+                                      max_faces=max_faces, intensity=hu)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
     return Airway(verts * 1e-3, faces).check()

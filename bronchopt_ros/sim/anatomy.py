@@ -423,7 +423,7 @@ def generate_anatomy(seed: int, params: AnatomyParams | None = None,
     cl = _trim_to_mask(cl, mask, ct)
     tick("segmentation")
     verts_mm, faces = mesh_from_mask(mask, ct.affine, smooth_iterations=p.smooth_iterations,
-                                     max_faces=p.max_faces)
+                                     max_faces=p.max_faces, intensity=ct.hu)
     tick("mesh")
     airway = Airway(verts_mm * 1e-3, faces, cl).check()
     return SyntheticAnatomy(int(seed), replace(p), airway, ct, timings, lungs)

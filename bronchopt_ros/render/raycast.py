@@ -71,12 +71,18 @@ class Raycaster:
         self._offset = vertices.mean(axis=0)
         mesh_construction.TriangleMesh(self._scene, (tris - self._offset).astype(np.float32))
 
-    def cast_rays(self, origins: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def cast_rays(self, origins: np.ndarray, directions: np.ndarray,
+                  tfar: np.ndarray | float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Cast arbitrary rays (N, 3) in the CT frame. Returns (triangle index or -1, distance in
-        units of the direction's length)."""
+        units of the direction's length). ``tfar`` (scalar or (N,)) limits the ray to a segment:
+        hits beyond ``tfar`` direction lengths are misses."""
         o = np.ascontiguousarray(origins - self._offset, dtype=np.float32)
         d = np.ascontiguousarray(directions, dtype=np.float32)
-        r = self._scene.run(o, d, output=1)
+        if tfar is None:
+            r = self._scene.run(o, d, output=1)
+        else:
+            dists = np.array(np.broadcast_to(np.asarray(tfar, dtype=np.float32), (len(o),)), dtype=np.float32)
+            r = self._scene.run(o, d, dists=dists, output=1)
         tri = r["primID"].astype(np.int64)
         tri[r["geomID"] < 0] = -1
         return tri, r["tfar"].astype(np.float64)

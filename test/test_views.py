@@ -1,0 +1,128 @@
+"""render_view: depth/normals/mask match an independent ray cast; breathing renders the deformed
+body without re-meshing; the image model behaves (exposure, misses dark, domains differ)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fixtures_render import moller_trumbore
+from fixtures_sim import small_airway, small_camera
+
+from bronchopt_ros.render.raycast import Raycaster
+from bronchopt_ros.sim.appearance import Appearance, sample_appearance
+from bronchopt_ros.sim.breathing import Breathing, BreathingParams
+from bronchopt_ros.sim.trajectory import plan_procedure, sample_lumen_poses
+from bronchopt_ros.sim.views import Scene, View, render_view
+
+
+@pytest.fixture(scope="module")
+def airway():
+    return small_airway()
+
+
+@pytest.fixture(scope="module")
+def scene(airway):
+    return Scene.from_airway(airway)
+
+
+@pytest.fixture(scope="module")
+def poses(airway):
+    return plan_procedure(airway, np.random.default_rng(3), n_frames=90).poses[::30] + \
+        sample_lumen_poses(airway, np.random.default_rng(4), 3)
+
+
+def test_depth_matches_independent_ray_cast(scene, airway, poses):
+    cam = small_camera(24)
+    tris = airway.vertices[airway.faces]
+    rays = cam.rays(np.float64).reshape(-1, 3)
+    for pose in poses:
+        v = render_view(scene, cam, pose, Appearance(), np.random.default_rng(0))
+        assert isinstance(v, View) and v.rgb.dtype == np.uint8 and v.rgb.shape == (24, 24, 3)
+        assert v.depth.dtype == np.float32 and v.normals.dtype == np.float32 and v.mask.dtype == bool
+        idx, t = moller_trumbore(pose.t, rays @ pose.R.T, tris)  # brute force, no Embree
+        ref = np.where(idx >= 0, t, 0.0).reshape(24, 24)
+        assert np.array_equal(v.mask, ref > 0)
+        assert np.abs(v.depth - ref).max() < 1e-6  # z-depth (rays have z = 1), float32 precision
+        n = v.normals[v.mask]
+        assert np.allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-5)
+        assert np.all(np.einsum("ij,ij->i", n, cam.rays()[v.mask]) < 0)  # facing the camera
+        ref_n = airway.to_trimesh().face_normals[idx[idx >= 0]] @ pose.R
+        assert np.allclose(np.abs(np.einsum("ij,ij->i", n, ref_n)), 1.0, atol=1e-4)
+
+
+def test_geometry_only_and_no_breathing_equivalence(airway, poses):
+    cam = small_camera(32)
+    s0 = Scene.from_airway(airway, BreathingParams(amplitude=0.0, divergence=0.0, static_rotation=0.0,
+                                                   static_shift=0.0))
+    assert s0.breathing is None
+    v = render_view(s0, cam, poses[0], None)
+    ref = Raycaster(airway.vertices, airway.faces).cast(cam, poses[0])
+    assert np.array_equal(v.depth, ref.depth) and not v.rgb.any()
+
+
+def test_breathing_matches_a_rebuilt_deformed_mesh(airway, poses):
+    cam = small_camera(48)
+    params = BreathingParams(amplitude=0.05, divergence=1.5e-3, seed=3)
+    scene = Scene.from_airway(airway, params)
+    br = Breathing.for_centerline(params, airway.centerline)
+    moved = 0.0
+    for pose, t in zip(poses[:4], (0.0, 1.0, 2.0, 3.3)):
+        hits, body = scene.cast(cam, pose, t)
+        ref = Raycaster(br.deform(airway.vertices, t), airway.faces).cast(cam, body)
+        assert np.mean(hits.valid == ref.valid) > 0.995
+        both = hits.valid & ref.valid
+        dd = np.abs(hits.depth - ref.depth)[both]
+        assert np.median(dd) < 1e-6 and np.percentile(dd, 95) < 5e-5
+        # the texture coordinate is the CT-space point: it maps onto the body hit
+        err = np.linalg.norm(br.deform(hits.point_ct[hits.valid], t) - body.transform(
+            hits.depth[hits.valid, None].astype(float) * cam.rays(np.float64)[hits.valid]), axis=1)
+        assert np.median(err) < 2e-6 and np.percentile(err, 99) < 2e-5
+        moved = max(moved, np.linalg.norm(body.t - pose.t))
+        v = render_view(scene, cam, pose, Appearance(), np.random.default_rng(0), t=t)
+        assert np.array_equal(v.depth, hits.depth)
+    assert moved > 1e-3  # the anatomy really moved against the CT
+
+
+def test_camera_follows_tissue_and_waveform(airway):
+    params = BreathingParams(amplitude=0.03, period_s=4.0)
+    br = Breathing.for_centerline(params, airway.centerline)
+    assert br.waveform(0.0) == 0.0 and abs(br.waveform(2.0) - 1.0) < 1e-12
+    x = airway.vertices[:50]
+    assert np.allclose(br.deform(x, 0.0), br.deform(x, 4.0))
+    d_full = np.linalg.norm(br.displacement(x, 2.0) - br.displacement(x, 0.0), axis=1)
+    assert d_full.max() > 5e-4
+    J = br.jacobian(x[0], 2.0)
+    assert np.abs(J - np.eye(3)).max() < 0.1  # a small, smooth deformation
+
+
+def test_image_model(scene, poses):
+    cam = small_camera(64)
+    rng = np.random.default_rng(1)
+    app = Appearance(shot_noise=0.0, read_noise=0.0, blur_sigma=0.0, vignetting=0.0, base_rgb=(0.6, 0.6, 0.6),
+                     vessel_contrast=0.0, autogain_target=0.6)
+    v = render_view(scene, cam, poses[1], app, rng)
+    linear = (v.rgb.astype(float) / 255.0) ** app.gamma
+    luma = linear @ [0.299, 0.587, 0.114]
+    # auto-gain: the chosen percentile of the lit pixels' linear luma sits at the target
+    p = np.percentile(luma[v.mask], app.autogain_percentile)
+    assert abs(p - app.autogain_target) < 0.05
+    # closer walls are brighter (inverse-square falloff): correlate luma with depth
+    m = v.mask
+    assert np.corrcoef(luma[m], v.depth[m])[0, 1] < -0.2
+    assert v.rgb.std() > 5
+    # fixed gain override is honoured; noise changes the picture but not the geometry
+    v2 = render_view(scene, cam, poses[1], Appearance(), rng, gain=v.gain)
+    assert v2.gain == v.gain and np.array_equal(v2.depth, v.depth)
+
+
+def test_appearance_domains_disjoint():
+    rng = np.random.default_rng(0)
+    tr = [sample_appearance(rng, "train") for _ in range(200)]
+    te = [sample_appearance(rng, "test") for _ in range(200)]
+    assert {a.texture_family for a in tr} == {"fbm"} and {a.texture_family for a in te} == {"ridged"}
+    assert max(a.vessel_contrast for a in tr) < min(a.vessel_contrast for a in te)
+    assert max(a.shininess for a in tr) < min(a.shininess for a in te)
+    assert max(a.light_offset for a in tr) < min(a.light_offset for a in te)
+    a = tr[0]
+    assert Appearance.from_dict(a.to_dict()) == a
+    with pytest.raises(ValueError):
+        sample_appearance(rng, "other")

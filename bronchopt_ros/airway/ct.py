@@ -239,14 +239,19 @@ def mesh_from_mask(mask: np.ndarray, affine: np.ndarray, smooth_iterations: int 
         if sigma_voxels > 0:
             field = ndimage.gaussian_filter(field, sigma_voxels, truncate=3.0)
         level = 0.5
-    else:
-        hu = np.asarray(intensity[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+    else:  # (in place, to keep the memory at ~5 bytes per voxel of the mask's bounding box)
+        field = np.full(tuple(n + 6 for n in sub.shape), level_hu + 500.0, dtype=np.float32)
+        field[3:-3, 3:-3, 3:-3] = intensity[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         if sigma_voxels > 0:
-            hu = ndimage.gaussian_filter(hu, sigma_voxels, truncate=3.0)
-        f = np.clip((level_hu - hu) / 500.0, -1.0, 1.0)
-        eps = np.float32(0.02)
-        f = np.where(sub, np.maximum(f, eps), np.minimum(f, -eps))
-        field = np.pad(f, 3, constant_values=-1.0)
+            ndimage.gaussian_filter(field, sigma_voxels, truncate=3.0, output=field)
+        field -= np.float32(level_hu)
+        field *= np.float32(-1.0 / 500.0)  # > 0 inside the lumen
+        np.clip(field, -1.0, 1.0, out=field)
+        inside = np.pad(sub, 3)
+        np.maximum(field, np.float32(0.02), out=field, where=inside)
+        np.logical_not(inside, out=inside)
+        np.minimum(field, np.float32(-0.02), out=field, where=inside)
+        del inside
         level = 0.0
     try:
         verts, faces, _, _ = marching_cubes(field, level=level, allow_degenerate=False)

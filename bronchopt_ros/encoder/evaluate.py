@@ -135,3 +135,43 @@ def evidence(encoder, worlds, n_per_world: int = 24, seed: int = 0, line_search_
     res["si_log"] = depth_error(encoder, tr)
     res["si_log_test_domain"] = depth_error(encoder, te)
     return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bronchopt_ros.encoder.evaluate [--weights FILE] [--anatomies 4] [--frames 24]``:
+    print (and optionally save) the evidence figures on validation anatomies."""
+    import argparse
+    import json
+    import time
+
+    from .config import EncoderConfig
+    from .runtime import load_encoder
+    from .sim_world import validation_worlds
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--anatomies", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=24, help="per anatomy")
+    ap.add_argument("--line-search-frames", type=int, default=None)
+    ap.add_argument("--cache", default=None, help="anatomy cache folder")
+    ap.add_argument("--no-breathing", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    enc = load_encoder(EncoderConfig(backend="torch", weights=args.weights))
+    t0 = time.perf_counter()
+    worlds = validation_worlds(args.anatomies, args.cache, breathing=not args.no_breathing)
+    res = evidence(enc, worlds, args.frames, args.seed, args.line_search_frames)
+    res.update(anatomies=[w.seed for w in worlds], breathing=not args.no_breathing, seconds=time.perf_counter() - t0)
+    print(json.dumps(res, indent=1))
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

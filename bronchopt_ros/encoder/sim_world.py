@@ -2,11 +2,9 @@
 the endoscope image model and its appearance domains.
 
 An anatomy takes seconds to generate (CT synthesis, segmentation, marching cubes), so each is
-cached as ``<cache_dir>/anatomy_<seed>.npz`` (vertices, faces, centerline). Rebuilding the
-Embree scene of a breathing body costs ~0.3 s for a 400k-face mesh, so a world draws its
-breathing states from a few fixed levels (``breath_levels``: the CT state with the static
-CT-to-body divergence, mid and full inspiration), whose scenes stay cached; a share
-``p_static`` of the frames sees the undeformed CT.
+cached as ``<cache_dir>/anatomy_<seed>.npz`` (vertices, faces, centerline). Each anatomy gets
+seeded breathing parameters (amplitude 1-4 %, CT-to-body divergence 0.3-1.5 mm); a frame sees the
+body at a random time of the cycle, or (share ``p_static``) the undeformed CT.
 
 Only train seeds (1000-1999) may be used for training and validation seeds (2000-2999) for
 validation (:mod:`bronchopt_ros.sim.splits`); test anatomies (>= 3000) are refused.
@@ -69,7 +67,6 @@ class SimWorld:
     cache_dir: str | None = None
     breathing: bool = True
     p_static: float = 0.25
-    breath_levels: tuple[float, ...] = (0.0, 0.5, 1.0)  # waveform values b in [0, 1]
     name: str = ""
     scene: object = field(init=False, repr=False)
 
@@ -88,14 +85,8 @@ class SimWorld:
             bp = BreathingParams(amplitude=float(rng.uniform(0.01, 0.04)), divergence=float(rng.uniform(0.3e-3, 1.5e-3)),
                                  phase=0.0)
         self.scene = Scene.from_airway(airway, bp)
-        self.scene._cache_size = max(getattr(self.scene, "_cache_size", 12), len(self.breath_levels) + 1)
         self.raycaster = self.scene.raycaster  # undeformed CT
         self.sampler = LumenSampler(airway, raycaster=self.raycaster)
-
-    def _time_of_level(self, b: float) -> float:
-        """A time whose waveform value is ``b`` (phase 0: b(t) = (1 - cos(2 pi t / T)) / 2)."""
-        T = self.scene.breathing.params.period_s
-        return float(np.arccos(np.clip(1.0 - 2.0 * b, -1.0, 1.0)) / (2 * np.pi) * T)
 
     def sample_pose(self, rng: np.random.Generator) -> Pose:
         return self.sampler.sample(rng)[0]
@@ -108,7 +99,7 @@ class SimWorld:
         scene = self.scene
         t = 0.0
         if scene.breathing is not None and rng.random() >= self.p_static:
-            t = self._time_of_level(float(rng.choice(self.breath_levels)))
+            t = float(rng.uniform(0.0, scene.breathing.params.period_s))
             v = render_view(scene, camera, pose, app, rng, t=t)
         else:
             breathing, scene.breathing = scene.breathing, None  # the undeformed CT itself

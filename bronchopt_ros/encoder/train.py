@@ -16,8 +16,9 @@ domain, the share of frames whose similarity at the true pose beats the fixed pe
 ``<out>/encoder.pt``.
 
 Determinism: the model, the data stream (per worker and per resume point) and the pixel
-sampling are seeded from ``seed``; the LR schedule is by step (``steps``), ``minutes`` only stops
-early. Results still depend on thread scheduling in the BLAS kernels.
+sampling are seeded from ``seed``. The LR schedule is by step (``steps``); with a time budget
+(``minutes``) it also follows the elapsed time (so a run on a busy machine still anneals), which
+makes such runs reproducible only up to where the budget cut in.
 """
 from __future__ import annotations
 
@@ -205,10 +206,15 @@ def validate(net: EncoderNet, val: dict[str, torch.Tensor], input_size: int, chu
 
 
 # ------------------------------------------------------------------------------------ training
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
+def _lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 2 % over the run. With a time budget (``minutes``) the
+    decay follows whichever of the step and the wall-clock fractions is further, so the run always
+    anneals inside its budget."""
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    if cfg.minutes:
+        p = max(p, min(1.0, elapsed_s / (cfg.minutes * 60.0)))
     return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
@@ -353,7 +359,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         batch = next(it)
         t_data = time.perf_counter() - t0
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, cfg)
+            g["lr"] = cfg.lr * _lr_factor(step, cfg, elapsed())
         loss, logs, e_d = compute_losses(net, batch, cfg, grid, queue, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -361,7 +367,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         opt.step()
         queue = torch.cat([e_d, queue])[: cfg.queue_size]
         step += 1
-        logs.update(step=step, t_data=t_data, t_step=time.perf_counter() - t0)
+        logs.update(step=step, t_data=t_data, t_step=time.perf_counter() - t0, lr=opt.param_groups[0]["lr"])
         history["train"].append(logs)
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.3f}", si=f"{logs['si']:.3f}", rank=f"{logs['rank_acc']:.2f}")

@@ -13,6 +13,10 @@ import pytest
 os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "1")
+# One BLAS thread, as the entry points do (bronchopt_ros.threads): the 2-core CI machine runs
+# torch and numpy side by side.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def spin_until(executor, predicate, timeout: float = 10.0, step: float = 0.02) -> bool:

@@ -45,6 +45,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from ..threads import limit_threads
+
+    limit_threads()  # one BLAS thread: torch threads are set where they matter (see threads.py)
     # Import only the module of the subcommand asked for (fast --help, light imports).
     only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
     parser = build_parser(only)

@@ -46,13 +46,15 @@ def _ensure_demo_case(out: Path, frames: int) -> Path:
         if info.get("frames", info.get("n_frames")) == frames:
             print(f"demo: reusing the synthetic procedure in {case}")
             return case
-    from ..sim.case import write_case
+    from ..sim.anatomy import generate_anatomy
+    from ..sim.case import CaseParams, write_case
 
     print(f"demo: writing a synthetic procedure ({frames} frames, anatomy seed {DEMO_SEED}) to {case}")
     import shutil
 
     shutil.rmtree(case, ignore_errors=True)
-    write_case(case, seed=DEMO_SEED, n_frames=frames, split="test", progress=True)
+    anatomy = generate_anatomy(DEMO_SEED)
+    write_case(case, DEMO_SEED, CaseParams(n_frames=frames), anatomy=anatomy, progress=True)
     return case
 
 

@@ -117,6 +117,9 @@ class AirwayServer(Node):
 
 
 def main(args=None) -> int:
+    from ..threads import limit_threads
+
+    limit_threads()
     rclpy.init(args=args)
     node = AirwayServer()
     try:

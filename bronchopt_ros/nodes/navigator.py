@@ -397,6 +397,9 @@ class Navigator(Node):
 
 
 def main(args=None) -> int:
+    from ..threads import limit_threads
+
+    limit_threads()
     rclpy.init(args=args)
     node = Navigator()
     try:

@@ -3,6 +3,7 @@
 ::
 
     <case>/airway.ply          lumen surface, ct frame, millimetres
+    <case>/airway.ply.centerline.json   its centerline branch graph (metres; read by the loaders)
     <case>/procedure/          rosbag2 (mcap): image_raw rgb8 + camera_info (same stamps),
                                /initialpose before the first image, /bronchoscope/pose_gt
     <case>/truth.tum           the ground truth (metres), image stamps
@@ -185,6 +186,7 @@ def write_case(out_dir: str | Path, seed: int, params: CaseParams | None = None,
     """
     import shutil
 
+    from ..airway.loading import save_centerline, sidecar_path
     from ..render.raycast import Raycaster
     from ..io.bag import BagWriter
     from ..io.tum import write_tum
@@ -224,6 +226,7 @@ def write_case(out_dir: str | Path, seed: int, params: CaseParams | None = None,
         raise ValueError("write_case needs an airway with a centerline")
     lap("anatomy_s")
     airway.to_trimesh("mm").export(out / "airway.ply")
+    save_centerline(airway.centerline, sidecar_path(out / "airway.ply"))  # airway.ply.centerline.json
     if p.write_ct and ct is not None:
         ct.save(out / "ct.nii.gz")
     lap("mesh_write_s")

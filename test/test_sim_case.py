@@ -1,0 +1,99 @@
+"""``bronchopt sim``: a case folder exactly as CONTRACT.md says, the frame-wise starts at the
+paper's levels, reproducibility, the contact sheet and the (resumable) benchmark writer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+
+from bronchopt_ros.cli import main
+from bronchopt_ros.io.bag import read_case_bag
+from bronchopt_ros.io.tum import read_tum
+from bronchopt_ros.sim.case import START_LEVELS
+
+ARGS = ["--frames", "20", "--size", "64", "--generations", "3", "--start-every", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "case_3001"
+    assert main(["sim", "case", "--seed", "3001", "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def test_case_follows_the_contract(case):
+    info = json.loads((case / "case.json").read_text())
+    assert info["split"] == "test" and info["appearance_domain"] == "test" and info["frames"] == 20
+    mesh = trimesh.load(case / "airway.ply")
+    assert len(mesh.faces) > 1000
+    assert np.ptp(mesh.vertices, axis=0).max() > 50.0  # millimetres: a trachea alone is ~100 mm
+    assert (case / "airway.ply.centerline.json").exists()
+    events = list(read_case_bag(case / "procedure"))
+    kinds = [e.kind for e in events]
+    assert kinds.count("image") == 20 and kinds.count("camera_info") == 20 and kinds.count("pose_gt") == 20
+    assert kinds.count("initialpose") == 1 and kinds.index("initialpose") < kinds.index("image")
+    assert "error" not in kinds
+    img_stamps = sorted(e.stamp_ns for e in events if e.kind == "image")
+    assert sorted(e.stamp_ns for e in events if e.kind == "camera_info") == img_stamps
+    stamps, truth = read_tum(case / "truth.tum")
+    assert len(truth) == 20 and np.allclose(np.asarray(stamps), np.asarray(img_stamps) * 1e-9, atol=1e-4)
+
+
+def test_starts_at_the_paper_levels_inside_the_lumen(case):
+    from bronchopt_ros.airway.loading import load_airway_with_centerline
+    from bronchopt_ros.render.raycast import Raycaster
+    from bronchopt_ros.sim.trajectory import CenterlineIndex, inside_lumen
+
+    stamps, truth = read_tum(case / "truth.tum")
+    by_stamp = {round(s, 3): p for s, p in zip(stamps, truth)}
+    airway = load_airway_with_centerline(case / "airway.ply")
+    rc = Raycaster(airway.vertices, airway.faces)
+    index = CenterlineIndex(airway.centerline)
+    frames = None
+    for level, (mt, mr) in START_LEVELS.items():
+        s_stamps, starts = read_tum(case / "starts" / f"{level}.tum")
+        assert frames is None or np.allclose(s_stamps, frames)  # the same frames at every level
+        frames = s_stamps
+        assert len(starts) == 10
+        gts = [by_stamp[round(s, 3)] for s in s_stamps]
+        te = np.mean([g.translation_error(s) for g, s in zip(gts, starts)])
+        re = np.mean([g.rotation_error(s) for g, s in zip(gts, starts)])
+        assert te == pytest.approx(mt, rel=0.25) and re == pytest.approx(mr, rel=0.25)
+        assert inside_lumen(np.array([s.t for s in starts]), index, rc, margin=0.0, margin_frac=0.0).all()
+
+
+def test_reproducible_and_preview(case, tmp_path):
+    again = tmp_path / "again"
+    assert main(["sim", "case", "--seed", "3001", "--out", str(again), *ARGS]) == 0
+    assert (again / "truth.tum").read_text() == (case / "truth.tum").read_text()
+    assert (again / "starts" / "hard.tum").read_text() == (case / "starts" / "hard.tum").read_text()
+    assert main(["sim", "preview", str(case), "-n", "4", "--out", str(tmp_path / "p.png")]) == 0
+    import cv2
+
+    sheet = cv2.imread(str(tmp_path / "p.png"))
+    assert sheet is not None and sheet.shape[0] > 64 and sheet.std() > 5
+    assert main(["sim", "preview", str(tmp_path / "nothing")]) == 2
+
+
+def test_training_seed_refused_for_test_split():
+    from bronchopt_ros.sim.splits import check_split
+
+    with pytest.raises(ValueError):
+        check_split(1000, "test")
+
+
+def test_benchmark_writer_is_resumable(tmp_path):
+    from bronchopt_ros.cli.bench import find_cases
+    from bronchopt_ros.sim.benchmark import BenchmarkParams, write_benchmark
+
+    p = BenchmarkParams(framewise_cases=1, framewise_frames=6, start_every=3, tracking_cases=1, tracking_frames=8,
+                        size=48)
+    m = write_benchmark(tmp_path, p, progress=False)
+    assert [c["status"] for c in m["cases"]] == ["written", "written"]
+    assert all(c["seed"] >= 3000 for c in m["cases"])
+    framewise, tracking = find_cases(tmp_path)
+    assert len(framewise) == 1 and len(tracking) == 1 and not (tracking[0] / "starts").exists()
+    m2 = write_benchmark(tmp_path, p, progress=False)
+    assert [c["status"] for c in m2["cases"]] == ["kept", "kept"]

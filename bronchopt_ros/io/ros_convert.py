@@ -56,7 +56,7 @@ def pose_to_msg(pose: Pose):
     from geometry_msgs.msg import Pose as PoseMsg
 
     m = PoseMsg()
-    q = pose.quat()  # x, y, z, w
+    q = pose.quat  # x, y, z, w
     m.position.x, m.position.y, m.position.z = (float(v) for v in pose.t)
     m.orientation.x, m.orientation.y, m.orientation.z, m.orientation.w = (float(v) for v in q)
     return m
@@ -80,7 +80,7 @@ def transform_stamped(pose: Pose, stamp, parent: str = CT_FRAME, child: str = CA
     m.header.frame_id = parent
     m.child_frame_id = child
     m.transform.translation.x, m.transform.translation.y, m.transform.translation.z = (float(v) for v in pose.t)
-    q = pose.quat()
+    q = pose.quat
     m.transform.rotation.x, m.transform.rotation.y, m.transform.rotation.z, m.transform.rotation.w = (
         float(v) for v in q)
     return m
@@ -105,7 +105,7 @@ def airway_to_msg(airway: Airway, stamp, source: str = "", frame_id: str = CT_FR
     m = AirwayMesh()
     m.header.stamp = stamp
     m.header.frame_id = frame_id
-    m.vertices = np.asarray(airway.vertices, np.float32).ravel()
+    m.vertices = np.asarray(airway.vertices, np.float64).ravel()
     m.triangles = np.asarray(airway.faces, np.uint32).ravel()
     m.source = source
     branches = []
@@ -113,7 +113,7 @@ def airway_to_msg(airway: Airway, stamp, source: str = "", frame_id: str = CT_FR
         bm = AirwayBranch()
         bm.id, bm.parent, bm.generation = int(b.id), int(b.parent), int(b.generation)
         bm.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in b.points]
-        bm.radii = np.asarray(b.radii, np.float32)
+        bm.radii = np.asarray(b.radii, np.float64)
         branches.append(bm)
     m.centerline = branches
     return m

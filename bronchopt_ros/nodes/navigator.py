@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import traceback
 import time
 from collections import deque
 
@@ -242,7 +243,8 @@ class Navigator(Node):
                     self._process(frame_msg, arrival)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self.counters["rejected"] += 1
-                self.get_logger().error(f"frame processing failed: {type(exc).__name__}: {exc}")
+                self._throttled("worker", f"frame processing failed: {type(exc).__name__}: {exc}\n"
+                                f"{traceback.format_exc(limit=-3)}")
 
     def _load_mesh(self, msg) -> None:
         self.state = TrackState.WAITING_FOR_MESH

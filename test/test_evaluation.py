@@ -68,3 +68,19 @@ def test_framewise_protocol_writes_all_and_successful_metrics(evaluated, tmp_pat
     for k in ("trans_err_mm_mean", "rot_err_rad_mean", "success_rate", "trans_err_mm_mean_success"):
         assert k in m
     assert len(read_tum(tmp_path / "poses.tum")[0]) == 4
+
+
+def test_truncated_bag_keeps_the_good_frames_and_reports_where(evaluated, tmp_path):
+    import shutil
+
+    case, _ = evaluated
+    broken = tmp_path / "case"
+    shutil.copytree(case, broken)
+    mcap = next((broken / "procedure").glob("*.mcap"))
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[: int(len(data) * 0.6)])  # cut mid-recording, like a crashed recorder
+    assert main(["eval", str(broken), "--out", str(tmp_path / "out"), "--quiet", "--no-plots"]) == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0 < m["frames"] < 16
+    assert m["bag_errors"] and any("mcap" in e.lower() or "truncat" in e.lower() or "offset" in e.lower()
+                                   for e in m["bag_errors"]), m["bag_errors"]

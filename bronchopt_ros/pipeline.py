@@ -41,7 +41,7 @@ class EncoderDepthPredictor:
         self.name = getattr(encoder, "backend_name", "torch")
 
     def __call__(self, frame: Frame) -> DepthTarget:
-        with torch.inference_mode():
+        with torch.no_grad():  # (not inference_mode: paper mode differentiates through the similarity)
             out = self.encoder.encode_rgb(frame.rgb)
         ld = out.log_depth.float().cpu()
         h, w = ld.shape[-2:]
@@ -74,15 +74,12 @@ def build_tracker(airway, cfg: PipelineConfig, encoder=None, predictor=None, rel
 
 
 def _index_relocaliser(renderer, encoder, centerline):
-    from .relocalise import RelocalisationIndex
+    """The relocaliser: candidates from the centerline view index (built on first use; call
+    ``relocalise.index.warm()`` to build it ahead, e.g. in a background thread)."""
+    from .relocalise import LazyIndex
 
     cam = Camera(200, 200, 110.2, 110.3, 100.6, 103.7)  # the index only needs a typical field of view
-    try:
-        index = RelocalisationIndex.build(renderer, encoder, centerline, cam)
-    except (ValueError, AttributeError) as exc:
-        log.warning("relocalisation index not built: %s", exc)
-        return None
-    log.info("relocalisation index: %d views in %.1f s", len(index), index.build_s)
+    index = LazyIndex(renderer, encoder, centerline, cam)
 
     def relocalise(frame: Frame, target: DepthTarget) -> list:
         return index.query(target.embedding) if target.embedding is not None else []

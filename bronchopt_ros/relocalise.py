@@ -1,8 +1,9 @@
 """Relocalisation index: global embeddings of depth views rendered along the centerline.
 
-Built once per airway: poses every ``spacing`` along every branch, looking down the branch, at
-several rolls (and slight tilts); the encoder's global embedding of each rendered depth map is
-stored. A lost frame's RGB embedding is compared with all of them (cosine), and the poses of the
+Built once per airway (lazily, on the first query or :meth:`LazyIndex.warm`, so that runs which
+never get lost do not pay for it): poses every ``spacing`` along every branch, looking down the
+branch, at several rolls; the encoder's global embedding of each rendered depth map is stored
+(embedded in batches of ``batch``). A lost frame's RGB embedding is compared with all of them (cosine), and the poses of the
 best matches are the relocalisation candidates the tracker refines.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from .geometry import Camera, Pose
 from .registration import centerline_hypotheses
 
-__all__ = ["RelocConfig", "RelocalisationIndex"]
+__all__ = ["RelocConfig", "RelocalisationIndex", "LazyIndex"]
 
 
 @dataclass
@@ -26,6 +27,7 @@ class RelocConfig:
     width: int = 48  # render width of the indexed views
     top_k: int = 8  # candidates returned per query
     max_generation: int = 6  # index branches up to this generation
+    batch: int = 64  # views embedded per encoder call
 
 
 class RelocalisationIndex:
@@ -36,12 +38,23 @@ class RelocalisationIndex:
         self.build_s = build_s
 
     @classmethod
-    def build(cls, renderer, encoder, centerline, camera: Camera, config: RelocConfig | None = None):
+    def build(cls, renderer, encoder, centerline, camera: Camera, config: RelocConfig | None = None,
+              should_stop=None):
+        """Render and embed the views; ``should_stop()`` (optional) is polled between views and
+        aborts the build with ``InterruptedError``."""
         cfg = config or RelocConfig()
         t0 = time.perf_counter()
         cam = camera.scaled(cfg.width, max(1, round(cfg.width * camera.height / camera.width)))
         rolls = tuple(np.linspace(0, 2 * np.pi, cfg.rolls, endpoint=False))
-        poses, embs = [], []
+        poses, depths, valids, embs = [], [], [], []
+
+        def flush():
+            if depths:
+                with torch.no_grad():
+                    embs.append(encoder.embed_depth(torch.stack(depths), torch.stack(valids)).reshape(len(depths), -1).float())
+                depths.clear()
+                valids.clear()
+
         for b in centerline.branches:
             if b.generation > cfg.max_generation:
                 continue
@@ -51,15 +64,20 @@ class RelocalisationIndex:
             # Every point of this branch: a huge radius around its own midpoint.
             for p in centerline_hypotheses(sub, Pose(np.eye(3), b.points[len(b.points) // 2]), radius=1.0,
                                            spacing=cfg.spacing, rolls=rolls):
+                if should_stop is not None and should_stop():
+                    raise InterruptedError("relocalisation index build cancelled")
                 out = renderer.render(cam, p, normals=False)
                 if not out.inside or out.valid_fraction < 0.5:
                     continue
-                with torch.inference_mode():
-                    embs.append(encoder.embed_depth(out.depth, out.valid).reshape(-1).float())
+                depths.append(torch.as_tensor(out.depth, dtype=torch.float32))
+                valids.append(torch.as_tensor(out.valid).bool())
                 poses.append(p)
+                if len(depths) >= cfg.batch:
+                    flush()
+        flush()
         if not embs:
             raise ValueError("relocalisation index: no view along the centerline could be rendered")
-        return cls(poses, torch.stack(embs), cfg, time.perf_counter() - t0)
+        return cls(poses, torch.cat(embs), cfg, time.perf_counter() - t0)
 
     def __len__(self) -> int:
         return len(self.poses)
@@ -71,3 +89,46 @@ class RelocalisationIndex:
         k = min(k or self.config.top_k, len(self.poses))
         idx = torch.topk(sims, k).indices.tolist()
         return [self.poses[i] for i in idx]
+
+
+class LazyIndex:
+    """A :class:`RelocalisationIndex` built on first use (thread-safe); ``warm()`` builds it now
+    (the node calls it from a background thread after loading a mesh)."""
+
+    def __init__(self, renderer, encoder, centerline, camera: Camera, config: RelocConfig | None = None):
+        import threading
+
+        self._args = (renderer, encoder, centerline, camera, config)
+        self._index: RelocalisationIndex | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Abort a build in progress (e.g. at shutdown); later queries return nothing."""
+        self._cancel.set()
+
+    def warm(self) -> "RelocalisationIndex | None":
+        with self._lock:
+            if self._index is None and self._error is None:
+                import logging
+
+                log = logging.getLogger(__name__)
+                try:
+                    self._index = RelocalisationIndex.build(*self._args, should_stop=self._cancel.is_set)
+                    log.info("relocalisation index: %d views in %.1f s", len(self._index), self._index.build_s)
+                except InterruptedError as exc:
+                    self._error = str(exc)
+                    return None
+                except (ValueError, AttributeError) as exc:
+                    self._error = str(exc)
+                    log.warning("relocalisation index not built: %s", exc)
+            return self._index
+
+    @property
+    def ready(self) -> bool:
+        return self._index is not None
+
+    def query(self, embedding: torch.Tensor, k: int | None = None) -> list[Pose]:
+        index = self.warm()
+        return [] if index is None else index.query(embedding, k)

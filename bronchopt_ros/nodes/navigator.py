@@ -257,8 +257,13 @@ class Navigator(Node):
             return
         if self.encoder is None:
             self.encoder = load_default_encoder(self.pipeline)
+        self._stop_index()  # the old mesh's index build, if still running
         self.tracker = build_tracker(airway, self.pipeline, encoder=self.encoder)
         self.airway = airway
+        index = getattr(self.tracker.relocaliser, "index", None)
+        if index is not None:  # build the relocalisation index now, beside the tracking
+            self._index_thread = threading.Thread(target=index.warm, name="bronchopt-reloc-index", daemon=True)
+            self._index_thread.start()
         self.get_logger().info(
             f"airway mesh: {len(airway.faces)} faces; renderer {self.tracker.renderer_backend}, "
             f"encoder {self.tracker.encoder_backend}")
@@ -395,7 +400,18 @@ class Navigator(Node):
             self._lock.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout=5.0)
+        self._stop_index()
         return super().destroy_node()
+
+    def _stop_index(self) -> None:
+        """Cancel and join the background build of the relocalisation index (old mesh / shutdown)."""
+        thread = getattr(self, "_index_thread", None)
+        if thread is not None and thread.is_alive():
+            index = getattr(getattr(self.tracker, "relocaliser", None), "index", None)
+            if index is not None:
+                index.cancel()
+            thread.join(timeout=5.0)
+        self._index_thread = None
 
 
 def main(args=None) -> int:

@@ -60,7 +60,9 @@ class TrackerConfig:
     mode: str = "depth"  # "depth" (encoder depth + Gauss-Newton, default) | "features" (paper: similarity + Adam)
     pyramid: tuple[int, ...] = (16, 32, 64)  # solver image widths, coarse to fine
     iterations: tuple[int, ...] = (6, 4, 3)  # iteration caps per pyramid level (tracking)
-    motion_damping: float = 0.7  # share of the last inter-frame motion predicted forward (0 = none)
+    motion_damping: float = 0.0  # share of the last inter-frame motion predicted forward (0 = none; with
+    # encoder depth, 0.7 fed drift along weakly observed directions back into the next frame: validation
+    # procedures 18.1/10.1 mm mean error with 0.7 against 11.3/6.7 mm with 0)
     hypotheses: int = 1  # 1: warm start only; >1: also rotated copies of it (wider basin, slower)
     init_hypotheses: int = 9  # rotated starts tried when (re)initialising from /initialpose
     search_radius: float = 0.012  # m: centerline starts within this of a (re)initialisation pose

@@ -167,16 +167,22 @@ def summarise(records: list[FrameRecord], lost_gap_s: bool = True) -> dict:
     out["latency_ms_p95"] = float(np.percentile(times, 95) * 1e3)
     lost = [r.state != int(TrackState.TRACKING) for r in records]
     out["lost_frames"] = int(sum(lost))
-    # Longest stretch not TRACKING, in seconds.
-    longest, start = 0.0, None
+    # Stretches not TRACKING (seconds): the longest, and those that ended back in TRACKING
+    # (recoveries: by the local search or the relocalisation index).
+    longest, start, recoveries = 0.0, None, []
     for r, l in zip(records, lost):
         if l and start is None:
             start = r.stamp
         if not l and start is not None:
-            longest, start = max(longest, r.stamp - start), None
+            longest = max(longest, r.stamp - start)
+            recoveries.append(r.stamp - start)
+            start = None
     if start is not None and records:
         longest = max(longest, records[-1].stamp - start)
     out["longest_lost_s"] = float(longest)
+    out["lost_stretches"] = len(recoveries) + int(start is not None)
+    out["recoveries"] = len(recoveries)
+    out["recovery_s_mean"] = float(np.mean(recoveries)) if recoveries else 0.0
     return out
 
 

@@ -84,3 +84,15 @@ def test_truncated_bag_keeps_the_good_frames_and_reports_where(evaluated, tmp_pa
     assert 0 < m["frames"] < 16
     assert m["bag_errors"] and any("mcap" in e.lower() or "truncat" in e.lower() or "offset" in e.lower()
                                    for e in m["bag_errors"]), m["bag_errors"]
+
+
+def test_lost_stretches_and_recoveries_are_counted():
+    from bronchopt_ros.evaluation import FrameRecord, summarise
+    from bronchopt_ros.geometry import Pose
+
+    p = Pose(np.eye(3), np.zeros(3))
+    states = [1, 1, 2, 3, 1, 1, 2, 2]  # TRACKING=1, LOST=2, RELOCALISING=3
+    recs = [FrameRecord(k / 10.0, p, p, st, 1.0, 0.01, 3) for k, st in enumerate(states)]
+    m = summarise(recs)
+    assert m["lost_frames"] == 4 and m["lost_stretches"] == 2 and m["recoveries"] == 1
+    assert m["recovery_s_mean"] == pytest.approx(0.2) and m["longest_lost_s"] == pytest.approx(0.2)

@@ -123,10 +123,12 @@ def _markdown(res: dict, args) -> str:
                          f"(similarity + Adam): {np.mean(ratios):.1f}x (frames/s ratio, same run).")
     if res["tracking"]:
         lines.append("")
-        lines.append("| continuous tracking | mm mean / median | rot rad mean | success | frames/s | p95 latency ms | longest lost s |")
-        lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+        lines.append("| continuous tracking | mm mean / median | rot rad mean | success | frames/s | p95 latency ms "
+                     "| longest lost s | lost stretches / recovered (mean s) |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for mode, m in res["tracking"].items():
             lines.append(f"| {mode} | {m.get('trans_err_mm_mean', float('nan')):.2f} / {m.get('trans_err_mm_median', float('nan')):.2f} | "
                          f"{m.get('rot_err_rad_mean', float('nan')):.3f} | {100 * m.get('success_rate', 0):.1f}% | "
-                         f"{m.get('fps_mean', 0):.1f} | {m.get('latency_ms_p95', 0):.1f} | {m.get('longest_lost_s', 0):.2f} |")
+                         f"{m.get('fps_mean', 0):.1f} | {m.get('latency_ms_p95', 0):.1f} | {m.get('longest_lost_s', 0):.2f} | "
+                         f"{m.get('lost_stretches', 0)} / {m.get('recoveries', 0)} ({m.get('recovery_s_mean', 0):.2f}) |")
     return "\n".join(lines) + "\n"

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from .geometry import Camera, Pose
-from .registration import (DepthRegConfig, DepthTarget, FeatureRegConfig, RegResult, centerline_hypotheses,
-                           register_depth, register_features, rotation_hypotheses, si_cost)
+from .registration import (DepthRegConfig, DepthTarget, FeatureGNConfig, FeatureRegConfig, RegResult,
+                           centerline_hypotheses, register_depth, register_features, register_features_gn,
+                           rotation_hypotheses, si_cost)
+
 
 __all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor"]
 
@@ -57,7 +59,8 @@ class DepthPredictor(Protocol):
 class TrackerConfig:
     """Tracker settings (every field is a node parameter ``tracker.<name>``; see config/navigator.yaml)."""
 
-    mode: str = "depth"  # "depth" (encoder depth + Gauss-Newton, default) | "features" (paper: similarity + Adam)
+    mode: str = "depth"  # "depth" (encoder depth + GN, default) | "features_gn" (paper's similarity + GN) |
+    # "features" (paper-faithful: similarity + Adam)
     pyramid: tuple[int, ...] = (16, 32, 64)  # solver image widths, coarse to fine
     iterations: tuple[int, ...] = (6, 4, 3)  # iteration caps per pyramid level (tracking)
     motion_damping: float = 0.0  # share of the last inter-frame motion predicted forward (0 = none; with
@@ -196,6 +199,15 @@ class Tracker:
 
     def _register(self, frame: Frame, target: DepthTarget, starts: list[Pose], keep: int | None = None) -> RegResult:
         cfg = self.config
+        if cfg.mode == "features_gn":
+            enc = getattr(self.predictor, "encoder", None)
+            if enc is None or target.features is None:
+                raise ValueError("tracker mode 'features_gn' needs the encoder's dense features")
+            reg = register_features_gn(self.renderer, enc, target.features, frame.camera, starts[:1],
+                                       FeatureGNConfig(width=cfg.pyramid[-1]))
+            cost, rms, vf, inside = si_cost(self.renderer, target, reg.pose, cfg.pyramid[-1])
+            reg.si_error, reg.valid_fraction, reg.inside = rms, vf, inside
+            return reg
         if cfg.mode == "features":
             enc = getattr(self.predictor, "encoder", None)
             if enc is None or target.features is None:

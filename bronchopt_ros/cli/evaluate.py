@@ -17,7 +17,7 @@ def add_parser(sub, name: str, help_: str) -> None:
     p.add_argument("case", help="case folder (airway.ply, procedure/, truth.tum[, starts/])")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--framewise", choices=["easy", "medium", "hard"], help="the paper's frame-wise protocol")
-    p.add_argument("--mode", choices=["depth", "features"], default=None,
+    p.add_argument("--mode", choices=["depth", "features_gn", "features"], default=None,
                    help="registration objective (default from config/navigator.yaml: depth)")
     p.add_argument("--config", help="navigator YAML to take the tracker settings from (default config/navigator.yaml)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")

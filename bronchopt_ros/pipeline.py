@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PipelineConfig:
     renderer_backend: str = "auto"  # auto | cpu | nvdiffrast
-    encoder_backend: str = "auto"  # auto | torch | onnx | tensorrt
+    encoder_backend: str = "torch"  # auto | torch | onnx | tensorrt (torch is faster than ONNX Runtime here)
     encoder_weights: str = ""  # empty: the shipped weights
     encoder_input_size: int = 128  # the RGB frame is resized to this (square) for the encoder
     device: str = "cpu"

@@ -52,7 +52,9 @@ TRACKER_DOCS = {
     "motion_damping": ("Share of the last inter-frame motion predicted forward (0 = none).", (0.0, 1.0)),
     "hypotheses": ("Start hypotheses per frame when tracking (1 = warm start only).", (1, 32)),
     "init_hypotheses": ("Rotated start hypotheses when (re)initialising from /initialpose.", (1, 32)),
-    "search_radius": ("Centerline starts within this distance (m) of a (re)initialisation pose (0: none).",
+    "init_search_radius": ("Centerline starts within this distance (m) of a (re)initialisation pose (0: none; "
+                           "with the current encoder a wider search picks look-alike views).", (0.0, 0.1)),
+    "search_radius": ("Centerline starts within this distance (m) of the last trusted pose when LOST (0: none).",
                       (0.0, 0.1)),
     "search_spacing": ("Spacing (m) of those centerline starts along each branch.", (0.0005, 0.02)),
     "si_scale": ("Scale-invariant log-depth error at which the confidence is exp(-1).", (0.01, 5.0)),

@@ -76,7 +76,7 @@ $(VENV)/.activate.stamp: $(VENV)/.deps.stamp
 	@touch $@
 
 demo: setup
-	$(IN_VENV) bronchopt navigate --demo $(DEMO_ARGS)
+	$(IN_VENV) bronchopt navigate --demo --multi-process $(DEMO_ARGS)
 
 test: setup
 	$(IN_VENV) python -m pytest $(PYTEST_ARGS)

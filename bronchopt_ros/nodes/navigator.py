@@ -14,6 +14,7 @@ A frame replaced before it was processed is counted as dropped.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import traceback
@@ -265,7 +266,8 @@ class Navigator(Node):
         self.airway = airway
         index = getattr(self.tracker.relocaliser, "index", None)
         if index is not None:  # build the relocalisation index now, beside the tracking
-            self._index_thread = threading.Thread(target=index.warm, name="bronchopt-reloc-index", daemon=True)
+            self._index_thread = threading.Thread(target=_warm_in_background, args=(index,), name="bronchopt-reloc-index",
+                                                  daemon=True)
             self._index_thread.start()
         self.get_logger().info(
             f"airway mesh: {len(airway.faces)} faces; renderer {self.tracker.renderer_backend}, "
@@ -415,6 +417,16 @@ class Navigator(Node):
                 index.cancel()
             thread.join(timeout=5.0)
         self._index_thread = None
+
+
+def _warm_in_background(index) -> None:
+    """Build the relocalisation index at the lowest CPU priority (Linux: per thread), so that it
+    never slows the tracking of the frames arriving meanwhile."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux / not permitted: build at normal priority
+        pass
+    index.warm()
 
 
 def main(args=None) -> int:

@@ -36,7 +36,7 @@ import torch
 from .geometry import Camera, Pose
 
 __all__ = [
-    "RefineResult", "AdamConfig", "GNConfig", "adam_refine", "gauss_newton", "robust_weights", "robust_scale",
+    "clamp_step", "RefineResult", "AdamConfig", "GNConfig", "adam_refine", "gauss_newton", "robust_weights", "robust_scale",
     "depth_residuals", "depth_residual_fn", "depth_loss_at",
 ]
 
@@ -273,7 +273,7 @@ def gauss_newton(residual_fn: ResidualFn, pose0: Pose, config: GNConfig | None =
             except np.linalg.LinAlgError:
                 lam *= cfg.lm_up
                 continue
-            delta = _clamp_step(delta, cfg.max_step_trans, cfg.max_step_rot)
+            delta = clamp_step(delta, cfg.max_step_trans, cfg.max_step_rot)
             cand = pose.retract(delta)
             r2, J2 = (_as_np(x) for x in residual_fn(cand))
             if len(r2) >= cfg.min_residuals:
@@ -297,7 +297,8 @@ def gauss_newton(residual_fn: ResidualFn, pose0: Pose, config: GNConfig | None =
     return RefineResult(pose, cost, it, time.perf_counter() - t0, converged, history)
 
 
-def _clamp_step(delta: np.ndarray, max_t: float, max_r: float) -> np.ndarray:
+def clamp_step(delta: np.ndarray, max_t: float, max_r: float) -> np.ndarray:
+    """A copy of the increment ``(v, w)`` with each part scaled down to at most ``max_t`` / ``max_r``."""
     delta = delta.copy()
     nt, nr = np.linalg.norm(delta[:3]), np.linalg.norm(delta[3:])
     if nt > max_t:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import Camera, Pose
+from .optimize import clamp_step
 from .render.projection import log_depth_jacobian
 
 __all__ = ["DepthTarget", "DepthRegConfig", "RegResult", "register_depth", "rotation_hypotheses", "centerline_hypotheses", "si_cost",
@@ -147,6 +148,15 @@ def si_cost(renderer, target: DepthTarget, pose: Pose, width: int, huber_k: floa
     return cost, rms, vf, inside
 
 
+def _damped_step(H: torch.Tensor, g: torch.Tensor, lam: float, max_m: float, max_rad: float) -> np.ndarray | None:
+    """Marquardt step ``-(H + lam diag H)^-1 g``, clamped per part (None if singular)."""
+    try:
+        dx = -torch.linalg.solve(H + lam * torch.diag(torch.diagonal(H).clamp_min(1e-12)), g)
+    except RuntimeError:
+        return None
+    return clamp_step(dx.numpy(), max_m, max_rad)
+
+
 def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegConfig):
     lam = cfg.lambda0
     it = 0
@@ -162,17 +172,10 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
         JW = J * W[:, None]
         H = JW.T @ J
         g = JW.T @ r
-        Hd = H + lam * torch.diag(torch.diagonal(H).clamp_min(1e-12))
-        try:
-            dx = -torch.linalg.solve(Hd, g)
-        except RuntimeError:
+        dx = _damped_step(H, g, lam, cfg.max_step_m, cfg.max_step_rad)
+        if dx is None:
             break
-        dx = dx.numpy()
         tn, rn = float(np.linalg.norm(dx[:3])), float(np.linalg.norm(dx[3:]))
-        if tn > cfg.max_step_m:
-            dx[:3] *= cfg.max_step_m / tn
-        if rn > cfg.max_step_rad:
-            dx[3:] *= cfg.max_step_rad / rn
         cand = pose.retract(dx)
         r2, w2, J2, vf2, inside2 = _si_system(renderer, cam, cand, ld, wt)
         if r2 is not None and r2.numel() >= cfg.min_valid:
@@ -398,17 +401,10 @@ def register_features_gn(renderer, encoder, rgb_features: torch.Tensor, camera: 
         lam, it, converged = cfg.lambda0, 0, False
         while it < cfg.iterations:
             it += 1
-            H = J.T @ J
-            g = J.T @ r
-            try:
-                dx = -torch.linalg.solve(H + lam * torch.diag(torch.diagonal(H).clamp_min(1e-12)), g).numpy()
-            except RuntimeError:
+            dx = _damped_step(J.T @ J, J.T @ r, lam, cfg.max_step_m, cfg.max_step_rad)
+            if dx is None:
                 break
             tn, rn = float(np.linalg.norm(dx[:3])), float(np.linalg.norm(dx[3:]))
-            if tn > cfg.max_step_m:
-                dx[:3] *= cfg.max_step_m / tn
-            if rn > cfg.max_step_rad:
-                dx[3:] *= cfg.max_step_rad / rn
             cand = pose.retract(dx)
             r2, J2, vf2, inside2 = _feature_system(renderer, encoder, rgb_features, cam, cand, cfg)
             if r2 is not None and 0.5 * float((r2 * r2).mean()) <= cost:

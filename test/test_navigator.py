@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import spin_until
-
 rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402

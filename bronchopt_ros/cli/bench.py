@@ -48,7 +48,6 @@ def _fmt(m: dict | None, key_t="trans_err_mm_mean", key_r="rot_err_rad_mean") ->
 
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation as ev
-    from ..metrics import pose_error_stats
     from ..pipeline import load_default_encoder
     from .evaluate import pipeline_from_yaml
 

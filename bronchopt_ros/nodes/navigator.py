@@ -13,7 +13,6 @@ A frame replaced before it was processed is counted as dropped.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -24,7 +23,7 @@ from collections import deque
 import numpy as np
 import rclpy
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
 from bronchopt_msgs.msg import AirwayMesh, TrackingStatus

@@ -349,8 +349,10 @@ class FeatureGNConfig:
     max_step_rad: float = 0.1
 
 
-def _feature_system(renderer, encoder, rgb_features, cam: Camera, pose: Pose, cfg: FeatureGNConfig,
-                    with_jacobian: bool = True):
+def _feature_system(renderer, encoder, rgb_features, cam: Camera, pose: Pose, cfg: FeatureGNConfig):
+    """Feature residuals at ``pose`` and their Jacobian: (r, J (R, 6), valid_fraction, inside)."""
+    from .render.projection import depth_jacobian
+
     planes, inside = renderer.hit_planes(cam, pose)
     n = cam.width * cam.height
     if planes.count < 10:
@@ -363,26 +365,20 @@ def _feature_system(renderer, encoder, rgb_features, cam: Camera, pose: Pose, cf
     valid[planes.index] = True
     maps = [base]
     eps = torch.tensor([cfg.eps_m] * 3 + [cfg.eps_rad] * 3)
-    if with_jacobian:
-        from .render.projection import depth_jacobian
-
-        Jd = depth_jacobian(planes)  # (M, 6)
-        for k in range(6):
-            m = base.clone()
-            m[planes.index] = (z + eps[k] * Jd[:, k]).clamp_min(1e-5)
-            maps.append(m)
+    Jd = depth_jacobian(planes)  # (M, 6)
+    for k in range(6):
+        m = base.clone()
+        m[planes.index] = (z + eps[k] * Jd[:, k]).clamp_min(1e-5)
+        maps.append(m)
     D = torch.stack(maps).reshape(len(maps), cam.height, cam.width)
     V = valid.reshape(1, cam.height, cam.width).expand(len(maps), -1, -1)
     with torch.no_grad():
-        F = encoder.encode_depth(D, V).double()  # (B, C, g, g)
-    f_rgb = rgb_features.double()
+        F = encoder.encode_depth(D, V).double()  # (7, C, g, g)
     mask = F[0].abs().sum(0) > 0
     if int(mask.sum()) < 4:
         return None, None, planes.count / n, inside > 0.5
-    r = (F[0] - f_rgb)[:, mask].reshape(-1)
-    J = None
-    if with_jacobian:
-        J = ((F[1:] - F[0:1])[:, :, mask].reshape(6, -1) / eps.double()[:, None]).T  # (R, 6)
+    r = (F[0] - rgb_features.double())[:, mask].reshape(-1)
+    J = ((F[1:] - F[0:1])[:, :, mask].reshape(6, -1) / eps.double()[:, None]).T  # (R, 6)
     return r, J, planes.count / n, inside > 0.5
 
 

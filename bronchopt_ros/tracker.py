@@ -203,25 +203,19 @@ class Tracker:
 
     def _register(self, frame: Frame, target: DepthTarget, starts: list[Pose], keep: int | None = None) -> RegResult:
         cfg = self.config
-        if cfg.mode == "features_gn":
+        if cfg.mode in ("features", "features_gn"):
+            # The paper's objective from the single given start (no hypotheses): solved by
+            # Gauss-Newton (features_gn) or, paper-faithful, by Adam (features).
             enc = getattr(self.predictor, "encoder", None)
             if enc is None or target.features is None:
-                raise ValueError("tracker mode 'features_gn' needs the encoder's dense features")
-            reg = register_features_gn(self.renderer, enc, target.features, frame.camera, starts[:1],
-                                       FeatureGNConfig(width=cfg.pyramid[-1]))
-            cost, rms, vf, inside = si_cost(self.renderer, target, reg.pose, cfg.pyramid[-1])
-            reg.si_error, reg.valid_fraction, reg.inside = rms, vf, inside
-            return reg
-        if cfg.mode == "features":
-            enc = getattr(self.predictor, "encoder", None)
-            if enc is None or target.features is None:
-                raise ValueError("tracker mode 'features' needs the encoder's dense features")
-            # Paper-faithful: Adam from the single given start (no hypotheses).
-            starts = starts[:1]
-            reg = register_features(self.renderer, enc, target.features, frame.camera, starts,
-                                    FeatureRegConfig(width=cfg.pyramid[-1]))
-            cost, rms, vf, inside = si_cost(self.renderer, target, reg.pose, cfg.pyramid[-1])
-            reg.si_error, reg.valid_fraction, reg.inside = rms, vf, inside
+                raise ValueError(f"tracker mode '{cfg.mode}' needs the encoder's dense features")
+            if cfg.mode == "features_gn":
+                reg = register_features_gn(self.renderer, enc, target.features, frame.camera, starts[:1],
+                                           FeatureGNConfig(width=cfg.pyramid[-1]))
+            else:
+                reg = register_features(self.renderer, enc, target.features, frame.camera, starts[:1],
+                                        FeatureRegConfig(width=cfg.pyramid[-1]))
+            _, reg.si_error, reg.valid_fraction, reg.inside = si_cost(self.renderer, target, reg.pose, cfg.pyramid[-1])
             return reg
         rc = cfg.reg_config()
         if keep is not None:

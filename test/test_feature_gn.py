@@ -34,3 +34,22 @@ def test_feature_gn_converges_with_perfect_features():
     assert res.inside and res.cost < 0.05
     assert res.pose.translation_error(gt) < 0.01 * MM  # from 1.75 mm / 0.05 rad
     assert res.pose.rotation_error(gt) < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["features_gn", "features"])
+def test_tracker_dispatches_the_feature_modes(mode):
+    """Both feature modes run through the tracker with the real encoder from one start and report
+    the depth-image agreement of their result."""
+    from bronchopt_ros.pipeline import EncoderDepthPredictor
+    from bronchopt_ros.tracker import Frame, Tracker, TrackerConfig
+
+    torch.set_num_threads(1)
+    renderer = make_renderer(y_airway())
+    predictor = EncoderDepthPredictor(load_encoder(EncoderConfig(backend="torch")))
+    tracker = Tracker(renderer, predictor, TrackerConfig(mode=mode))
+    gt = Pose(np.diag([1.0, -1.0, -1.0]), np.array([0.0, 1.0, 30.0]) * MM)
+    shade = renderer.render(CAM, gt, normals=False).depth.numpy()
+    rgb = (255 * np.clip(np.where(shade > 0, 0.004 / np.maximum(shade, 1e-3), 0), 0, 1)).astype(np.uint8)
+    reg, conf = tracker.register_once(Frame(np.repeat(rgb[..., None], 3, -1), CAM, 0.0), gt)
+    assert reg.inside and reg.valid_fraction > 0.5 and np.isfinite(reg.si_error) and 0.0 <= conf <= 1.0
+    assert reg.iterations > 0

@@ -58,8 +58,10 @@ def _lookup(table: dict[int, Pose], stamp: float) -> Pose | None:
 
 
 def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None, progress: bool = True,
-               keep_frames: int = 0, predictor=None, max_frames: int | None = None):
+               keep_frames: int = 0, predictor=None, max_frames: int | None = None, on_result=None):
     """Continuous tracking over every frame of ``case``'s bag, from its /initialpose.
+
+    ``on_result(tracker, frame, result)``, if given, is called after each frame (for studies).
 
     Returns (records, errors) where errors are the bag's damage reports (kept going past them)."""
     case = Path(case)
@@ -89,6 +91,8 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                 errors.append(f"image at {ev.stamp_ns} ns: {exc}")
                 continue
             res = tracker.process(frame)
+            if on_result is not None:
+                on_result(tracker, frame, res)
             gt = _lookup(truth, frame.stamp)
             keep = keep_frames > 0
             rec = FrameRecord(frame.stamp, res.pose, gt, int(res.state), res.confidence, res.time_s, res.iterations,

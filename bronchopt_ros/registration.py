@@ -26,7 +26,7 @@ from .geometry import Camera, Pose
 from .optimize import clamp_step
 from .render.projection import log_depth_jacobian
 
-__all__ = ["DepthTarget", "DepthRegConfig", "RegResult", "register_depth", "rotation_hypotheses", "centerline_hypotheses", "si_cost",
+__all__ = ["DepthTarget", "DepthRegConfig", "RegResult", "PosePrior", "register_depth", "rotation_hypotheses", "centerline_hypotheses", "si_cost",
            "FeatureRegConfig", "register_features"]
 
 
@@ -157,7 +157,32 @@ def _damped_step(H: torch.Tensor, g: torch.Tensor, lam: float, max_m: float, max
     return clamp_step(dx.numpy(), max_m, max_rad)
 
 
-def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegConfig):
+@dataclass
+class PosePrior:
+    """A Gaussian prior on the pose around ``center``: standard deviations ``sigma_m`` (translation)
+    and ``sigma_rad`` (rotation) of the right increment ``log(center^-1 pose)``. Its cost is scaled
+    by the level's squared residual scale, so one sigma away costs as much as the mean robust data
+    cost of a pixel one residual-sigma off (the data term is a per-pixel mean)."""
+
+    center: Pose
+    sigma_m: float
+    sigma_rad: float
+
+    def info(self) -> np.ndarray:
+        return np.array([1.0 / self.sigma_m**2] * 3 + [1.0 / self.sigma_rad**2] * 3)
+
+    def residual(self, pose: Pose) -> np.ndarray:
+        return (self.center.inv() @ pose).log()
+
+
+def _prior_cost(prior: PosePrior | None, pose: Pose, scale: float) -> float:
+    if prior is None:
+        return 0.0
+    e = prior.residual(pose)
+    return 0.5 * scale * float((prior.info() * e * e).sum())
+
+
+def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegConfig, prior: PosePrior | None = None):
     lam = cfg.lambda0
     it = 0
     converged = False
@@ -167,11 +192,18 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
     # One robust scale per level (costs of different iterates stay comparable); it only shrinks.
     sigma = max(_mad(r), 1e-4)
     W, cost, rms = _robust(r, w, cfg.huber_k, sigma)
+    ps = sigma * sigma  # the prior's scale at this level
+    total = cost + _prior_cost(prior, pose, ps)
     while it < iters:
         it += 1
         JW = J * W[:, None]
-        H = JW.T @ J
-        g = JW.T @ r
+        wsum = float(w.sum())
+        H = JW.T @ J / wsum  # the data cost is a weighted mean: its Gauss-Newton system, likewise
+        g = JW.T @ r / wsum
+        if prior is not None:
+            info = torch.as_tensor(ps * prior.info(), dtype=H.dtype)
+            H = H + torch.diag(info)
+            g = g + info * torch.as_tensor(prior.residual(pose), dtype=H.dtype)
         dx = _damped_step(H, g, lam, cfg.max_step_m, cfg.max_step_rad)
         if dx is None:
             break
@@ -180,8 +212,10 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
         r2, w2, J2, vf2, inside2 = _si_system(renderer, cam, cand, ld, wt)
         if r2 is not None and r2.numel() >= cfg.min_valid:
             W2, cost2, rms2 = _robust(r2, w2, cfg.huber_k, sigma)
-            if cost2 <= cost * (1 + 1e-9):
+            total2 = cost2 + _prior_cost(prior, cand, ps)
+            if total2 <= total * (1 + 1e-9):
                 pose, r, w, J, W, cost, rms, vf, inside = cand, r2, w2, J2, W2, cost2, rms2, vf2, inside2
+                total = total2
                 lam = max(lam * 0.3, 1e-7)
                 if tn < cfg.tol_m and rn < cfg.tol_rad:
                     converged = True
@@ -194,9 +228,11 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
     return pose, cost, rms, it, vf, inside, converged
 
 
-def register_depth(renderer, target: DepthTarget, starts: list[Pose], cfg: DepthRegConfig | None = None) -> RegResult:
+def register_depth(renderer, target: DepthTarget, starts: list[Pose], cfg: DepthRegConfig | None = None,
+                   prior: PosePrior | None = None) -> RegResult:
     """Refine every start at the coarsest level, keep the ``cfg.keep`` best, refine those coarse
-    to fine; return the best by robust SI cost at the finest level."""
+    to fine; return the best by robust SI cost at the finest level. ``prior`` (optional) keeps
+    the solution near a predicted pose (the tracker's odometry)."""
     cfg = cfg or DepthRegConfig()
     t0 = time.perf_counter()
     total_it = 0
@@ -205,7 +241,7 @@ def register_depth(renderer, target: DepthTarget, starts: list[Pose], cfg: Depth
     for k, pose in enumerate(starts):
         width, iters = levels[0]
         cam, ld, wt = target.level(width)
-        pose, cost, rms, it, vf, inside, conv = _refine_level(renderer, cam, ld, wt, pose, iters, cfg)
+        pose, cost, rms, it, vf, inside, conv = _refine_level(renderer, cam, ld, wt, pose, iters, cfg, prior)
         total_it += it
         results.append(RegResult(pose, cost, rms, it, 0.0, vf, inside, conv, k))
     results.sort(key=_rank)
@@ -214,7 +250,7 @@ def register_depth(renderer, target: DepthTarget, starts: list[Pose], cfg: Depth
         pose = res.pose
         for width, iters in levels[1:]:
             cam, ld, wt = target.level(width)
-            pose, cost, rms, it, vf, inside, conv = _refine_level(renderer, cam, ld, wt, pose, iters, cfg)
+            pose, cost, rms, it, vf, inside, conv = _refine_level(renderer, cam, ld, wt, pose, iters, cfg, prior)
             total_it += it
             res = RegResult(pose, cost, rms, 0, 0.0, vf, inside, conv, res.start_index)
         finals.append(res)

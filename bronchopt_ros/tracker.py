@@ -19,12 +19,24 @@ import numpy as np
 import torch
 
 from .geometry import Camera, Pose
-from .registration import (DepthRegConfig, DepthTarget, FeatureGNConfig, FeatureRegConfig, RegResult,
+from .odometry import FrameOdometry, to_gray
+from .registration import (DepthRegConfig, DepthTarget, FeatureGNConfig, FeatureRegConfig, PosePrior, RegResult,
                            centerline_hypotheses, register_depth, register_features, register_features_gn,
                            rotation_hypotheses, si_cost)
 
 
-__all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor"]
+__all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor", "pose_probes"]
+
+
+def pose_probes(pose: Pose, trans: float = 0.002, rot: float = 0.1) -> list[Pose]:
+    """The 12 poses ``trans`` metres along and ``rot`` radians about each camera axis, both signs."""
+    out = []
+    for k in range(6):
+        for sign in (1.0, -1.0):
+            xi = np.zeros(6)
+            xi[k] = sign * (trans if k < 3 else rot)
+            out.append(pose.retract(xi))
+    return out
 
 
 class TrackState(enum.IntEnum):
@@ -66,6 +78,9 @@ class TrackerConfig:
     motion_damping: float = 0.0  # share of the last inter-frame motion predicted forward (0 = none; with
     # encoder depth, 0.7 fed drift along weakly observed directions back into the next frame: validation
     # procedures 18.1/10.1 mm mean error with 0.7 against 11.3/6.7 mm with 0)
+    odometry: bool = True  # predict each frame's pose by frame-to-frame visual odometry (bronchopt_ros.odometry)
+    prior_sigma_m: float = 0.001  # the registration stays near the odometry's prediction: translation sigma (m)
+    prior_sigma_rad: float = 0.05  # ... and rotation sigma (rad); 0 = no prior (the prediction is only the start)
     hypotheses: int = 1  # 1: warm start only; >1: also rotated copies of it (wider basin, slower)
     # (Re)initialisation from /initialpose and the frame-wise protocol trust the given pose: with
     # the encoder's depth a wider search picked look-alike views (validation procedures: 13.7/6.4 mm
@@ -125,6 +140,8 @@ class Tracker:
         self._pending_init: Pose | None = None
         self._low = 0
         self.relocalisations = 0
+        self.odometry = FrameOdometry()
+        self.odometry_frames = 0  # frames whose prediction came from the odometry
 
     def initialise(self, pose: Pose) -> None:
         """(Re)initialise at ``pose`` (e.g. from /initialpose); the next frame starts from it,
@@ -134,6 +151,7 @@ class Tracker:
         self.pose = pose
         self.state = TrackState.INITIALISING
         self._low = 0
+        self.odometry.reset()
 
     @property
     def initialised(self) -> bool:
@@ -154,21 +172,29 @@ class Tracker:
         if self.last_stamp is not None and frame.stamp < self.last_stamp:
             # Time went backwards (a bag looped): the motion model is meaningless now.
             self.prev_pose = None
+            self.odometry.reset()
         self.last_stamp = frame.stamp
         if self.pose is None:
             return TrackResult(frame.stamp, None, TrackState.INITIALISING, 0.0, 0.0, math.inf, 0,
                                time.perf_counter() - t0, 0.0)
         target = self.predictor(frame)
         cfg = self.config
+        gray = to_gray(frame.rgb) if cfg.odometry else None
         if self._pending_init is not None:
             reg = self._register(frame, target, self.init_starts(self._pending_init), keep=3)
             self._pending_init = None
         else:
-            pred = self.predict(frame.stamp)
+            pred, prior = self.predict(frame.stamp), None
+            motion = self.odometry.track(gray, frame.camera) if gray is not None else None
+            if motion is not None:
+                pred = self.pose @ motion.motion
+                self.odometry_frames += 1
+                if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
+                    prior = PosePrior(pred, cfg.prior_sigma_m, cfg.prior_sigma_rad)
             starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
             if self.prev_pose is not None and cfg.motion_damping > 0 and cfg.hypotheses > 1:
                 starts.append(self.pose)
-            reg = self._register(frame, target, starts)
+            reg = self._register(frame, target, starts, prior=prior)
         relocalised = False
         conf = self.confidence(reg)
         if self.state in (TrackState.LOST, TrackState.RELOCALISING) and conf < cfg.recover_above:
@@ -190,6 +216,10 @@ class Tracker:
         else:
             # Not trustworthy: keep the last trusted pose as the warm start (coast), no motion model.
             self.prev_pose = None
+        if gray is not None:
+            # This frame is the odometry's reference for the next one, seen from the pose the
+            # next frame starts from.
+            self.odometry.keyframe(gray, frame.camera, self.pose, self.renderer)
         sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
                            time.perf_counter() - t0, reg.valid_fraction, relocalised)
@@ -201,7 +231,8 @@ class Tracker:
         reg = self._register(frame, target, self.init_starts(start), keep=3)
         return reg, self.confidence(reg)
 
-    def _register(self, frame: Frame, target: DepthTarget, starts: list[Pose], keep: int | None = None) -> RegResult:
+    def _register(self, frame: Frame, target: DepthTarget, starts: list[Pose], keep: int | None = None,
+                  prior: PosePrior | None = None) -> RegResult:
         cfg = self.config
         if cfg.mode in ("features", "features_gn"):
             # The paper's objective from the single given start (no hypotheses): solved by
@@ -220,7 +251,7 @@ class Tracker:
         rc = cfg.reg_config()
         if keep is not None:
             rc = replace(rc, keep=keep)
-        return register_depth(self.renderer, target, starts, rc)
+        return register_depth(self.renderer, target, starts, rc, prior=prior)
 
     def init_starts(self, pose: Pose) -> list[Pose]:
         """Starts for a (re)initialisation at ``pose``: it, rotated copies and centerline poses

@@ -6,6 +6,8 @@ Examples::
     bronchopt train --out runs/enc --resume                            # continue after an interruption
     bronchopt train --out runs/enc --install                           # also copy the weights into the package
     bronchopt train --out runs/tiny --source toy --steps 50            # smoke test on procedural tubes
+    bronchopt train --out runs/ft --init runs/enc/checkpoint.pt --steps 1500 --lr 5e-4 --warmup 50 \
+        --rot-range 0.01 0.15 --trans-range 0.0003 0.003                # fine-tune on small perturbations
     bronchopt train --out runs/dino --backbone vit_small_patch14_dinov2 --backbone-weights dinov2_s.pth
 """
 from __future__ import annotations
@@ -40,6 +42,14 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
                    help="number of validation anatomies (seeds 2000, ...) [%(default)s]")
     p.add_argument("--val-frames", type=int, default=d.val_frames, help="frames per validation anatomy")
     p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--init", default=None,
+                   help="warm start from an earlier run's checkpoint.pt or encoder.pt (fresh optimiser and schedule)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="LR warm-up steps [%(default)s]")
+    p.add_argument("--n-perturb", type=int, default=d.n_perturb, help="perturbed poses per pair [%(default)s]")
+    p.add_argument("--trans-range", type=float, nargs=2, default=d.trans_m, metavar=("MIN", "MAX"),
+                   help="translation of the perturbed poses, metres, log-uniform [%(default)s]")
+    p.add_argument("--rot-range", type=float, nargs=2, default=d.rot_rad, metavar=("MIN", "MAX"),
+                   help="rotation of the perturbed poses, radians, log-uniform [%(default)s]")
     p.add_argument("--no-breathing", action="store_true", help="render frames of the undeformed anatomy")
     p.add_argument("--backbone", default="unet", help="'unet' (ours) or a timm model name")
     p.add_argument("--backbone-weights", default=None, help="local weights file of the timm backbone")
@@ -70,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
                           train_seeds=tuple(range(train_base, train_base + args.train_anatomies)),
                           val_seeds=tuple(range(val_base, val_base + args.val_anatomies)),
                           val_frames=args.val_frames, val_every=args.val_every, breathing=not args.no_breathing,
+                          init=args.init, warmup=args.warmup, n_perturb=args.n_perturb,
+                          trans_m=tuple(args.trans_range), rot_rad=tuple(args.rot_range),
                           model=ModelConfig(backbone=args.backbone, backbone_weights=args.backbone_weights),
                           progress=not args.quiet)
     res = train(cfg, resume=args.resume)

@@ -88,6 +88,11 @@ class TrainConfig:
     ckpt_minutes: float = 3.0
     breathing: bool = True
     n_perturb: int = 4
+    # perturbed poses of the ranking / dense negatives: log-uniform magnitudes (metres, radians)
+    trans_m: tuple[float, float] = (0.0003, 0.006)
+    rot_rad: tuple[float, float] = (0.01, 0.35)
+    # warm start: weights of an earlier run (its checkpoint.pt or encoder.pt); fresh optimiser and schedule
+    init: str | None = None
     # loss weights and temperatures
     w_si: float = 1.0
     w_grad: float = 0.5
@@ -114,7 +119,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["model"] = ModelConfig.from_dict(d.get("model", {}))
-        for k in ("train_seeds", "val_seeds"):
+        for k in ("train_seeds", "val_seeds", "trans_m", "rot_rad"):
             if k in d:
                 d[k] = tuple(d[k])
         known = set(cls.__dataclass_fields__)
@@ -295,6 +300,13 @@ def _plot(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _init_state(path: str) -> dict:
+    """The network weights (fp32) in a training checkpoint or a shipped ``encoder.pt``."""
+    ck = torch.load(str(path), weights_only=False, map_location="cpu")
+    state = ck["net"] if "net" in ck else ck.get("state_dict", ck)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train (or resume) and return the final validation metrics. Writes into ``cfg.out``."""
     out = Path(cfg.out)
@@ -314,11 +326,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         step, history, elapsed0, queue = ck["step"], ck["history"], ck["elapsed"], ck["queue"]
         torch.set_rng_state(ck["torch_rng"])
         log.info("resumed from %s at step %d (%.1f min)", ckpt_path, step, elapsed0 / 60)
+    elif cfg.init:
+        net.load_state_dict(_init_state(cfg.init))
+        log.info("warm start from %s", cfg.init)
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
     val = make_val_set(cfg)
     factory = WorldFactory(cfg.source, cfg.train_seeds, str(out / "cache"), cfg.breathing)
-    pc = PairConfig(size=cfg.input_size, n_perturb=cfg.n_perturb, domain="train")
+    pc = PairConfig(size=cfg.input_size, n_perturb=cfg.n_perturb, domain="train", trans_m=cfg.trans_m,
+                    rot_rad=cfg.rot_rad)
     ds = PairDataset(factory, pc, cfg.seed, start=step)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, collate_fn=collate,
                                          num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,

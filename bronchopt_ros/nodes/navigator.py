@@ -50,6 +50,12 @@ TRACKER_DOCS = {
     "pyramid": ("Solver image widths in pixels, coarse to fine.", None),
     "iterations": ("Iteration cap per pyramid level.", None),
     "motion_damping": ("Share of the last inter-frame motion predicted forward (0 = none).", (0.0, 1.0)),
+    "odometry": ("Predict each frame's pose by visual odometry of the wall's texture from the previous frame, "
+                 "lifted to 3D with the CT depth (bronchopt_ros/odometry.py); holds the pose where the CT's depth "
+                 "is ambiguous (sliding along / rolling in the trachea).", None),
+    "prior_sigma_m": ("Translation sigma (m) of the prior that keeps the registration near the odometry's "
+                      "prediction (0: the prediction is only the start).", (0.0, 0.05)),
+    "prior_sigma_rad": ("Rotation sigma (rad) of that prior (0: no prior).", (0.0, 1.0)),
     "hypotheses": ("Start hypotheses per frame when tracking (1 = warm start only).", (1, 32)),
     "init_hypotheses": ("Rotated start hypotheses when (re)initialising from /initialpose.", (1, 32)),
     "init_search_radius": ("Centerline starts within this distance (m) of a (re)initialisation pose (0: none; "

@@ -153,6 +153,15 @@ class Renderer(ABC):
         return DepthRender(depth=depth, valid=planes.valid, normals=nrm, jacobian=jac, tri=tri,
                            inside_fraction=inside, planes=planes)
 
+    def depth_at(self, camera: Camera, pose: Pose, uv: np.ndarray) -> np.ndarray:
+        """Z-depth (metres, 0 = no valid hit) seen through pixel positions ``uv`` (N, 2) of
+        ``camera`` at ``pose``. This default renders the whole image and reads the nearest pixel;
+        backends that can cast single rays override it."""
+        d = self.render(camera, pose, normals=False).depth.detach().cpu().numpy()
+        u = np.clip(np.round(uv[:, 0]).astype(int), 0, camera.width - 1)
+        v = np.clip(np.round(uv[:, 1]).astype(int), 0, camera.height - 1)
+        return d[v, u].astype(np.float64)
+
     def depth_fn(self, camera: Camera, pose: Pose, dtype: torch.dtype = torch.float32) -> DepthFunction:
         """Depth as a differentiable function of ``xi`` around ``pose`` (visibility frozen)."""
         return DepthFunction(self.hit_planes(camera, pose)[0], dtype)

@@ -38,6 +38,16 @@ class CpuRenderer(Renderer):
             self._rays_np[key] = camera.rays(np.float64).reshape(-1, 3)
         return self._rays_np[key]
 
+    def depth_at(self, camera: Camera, pose: Pose, uv: np.ndarray) -> np.ndarray:
+        """One ray per pixel position (sub-pixel, no image rendered)."""
+        uv = np.asarray(uv, np.float64).reshape(-1, 2)
+        rays = np.stack([(uv[:, 0] - camera.cx) / camera.fx, (uv[:, 1] - camera.cy) / camera.fy,
+                         np.ones(len(uv))], axis=1)
+        tri, z = self.raycaster.cast_rays(np.broadcast_to(pose.t, rays.shape), rays @ pose.R.T)
+        ok = (tri >= 0) & (z > self.near) & ((z <= self.far) if self.far > 0 else True)
+        ok[ok] &= self._face_ok.numpy()[tri[ok]]
+        return np.where(ok, z, 0.0)
+
     def cast(self, camera: Camera, pose: Pose) -> torch.Tensor:
         dirs = self._rays_flat(camera) @ pose.R.T
         tri, _ = self.raycaster.cast_rays(np.broadcast_to(pose.t, dirs.shape), dirs)

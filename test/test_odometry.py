@@ -1,0 +1,174 @@
+"""Frame-to-frame visual odometry (bronchopt_ros.odometry), the registration's pose prior and the
+tracker with both, on a real textured tube mesh (the encoder's ToyWorld) with exact depth targets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bronchopt_ros.encoder.data import ToyWorld
+from bronchopt_ros.geometry import Camera, Pose
+from bronchopt_ros.odometry import FrameOdometry, OdometryConfig, to_gray
+from bronchopt_ros.registration import DepthRegConfig, DepthTarget, PosePrior, register_depth
+from bronchopt_ros.render.base import Renderer
+from bronchopt_ros.render.cpu import CpuRenderer
+from bronchopt_ros.tracker import Frame, Tracker, TrackerConfig, TrackState
+
+MM = 1e-3
+CAM = Camera.from_fov(160, 160, 85.0)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ToyWorld(3)
+
+
+@pytest.fixture(scope="module")
+def renderer(world):
+    return CpuRenderer(world.raycaster.vertices, world.raycaster.faces)
+
+
+def _path(world, n: int, step: float = 0.5 * MM, roll: float = 0.01) -> list[Pose]:
+    """Down the tube's centerline, a little off-centre, rolling ``roll`` rad per frame."""
+    pts = world.points
+    s0 = 40
+    out = []
+    for k in range(n):
+        i = s0 + int(round(k * step / 0.0005))
+        eye = pts[i] + 0.0008 * np.array([np.sin(0.3 * k), np.cos(0.2 * k), 0.0])
+        p = Pose.look_at(eye, pts[i + 20], up=(1.0, 0.2, 0.1))
+        out.append(p.retract([0, 0, 0, 0, 0, roll * k]))
+    return out
+
+
+_FREQ = np.random.default_rng(7).normal(0, 1500.0, (6, 3))  # wall texture: ~4 mm wavelengths
+
+
+def _rgb(world, pose):
+    """The wall lit from the camera (1/d^2, Lambert) with a mucosa-like texture fixed to the wall
+    (ToyWorld's own texture is too faint to follow)."""
+    hits = world.raycaster.cast(CAM, pose)
+    rays = CAM.rays(np.float64)
+    dist = np.maximum(hits.depth, 1e-4) * np.linalg.norm(rays, axis=-1)
+    cos = np.abs((hits.normal_cam * rays / np.linalg.norm(rays, axis=-1, keepdims=True)).sum(-1))
+    tex = 1.0 + 0.12 * np.sin(hits.point_ct @ _FREQ.T).sum(-1)
+    img = (0.1 + cos) * tex / (dist / 0.01) ** 2
+    img[~hits.valid] = 0.0
+    img = np.clip(img / np.percentile(img[hits.valid], 95) * 0.85, 0, 1) ** (1 / 2.2)
+    return np.repeat((img * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def test_depth_at_equals_the_rendered_depth(renderer):
+    pose = Pose.look_at([0.0, 0.0, 0.01], [0.0, 0.0, 0.03], up=(1, 0, 0))
+    rng = np.random.default_rng(0)
+    uv = np.stack([rng.integers(10, 150, 50), rng.integers(10, 150, 50)], 1).astype(float)
+    full = renderer.render(CAM, pose, normals=False).depth.numpy()
+    exact = renderer.depth_at(CAM, pose, uv)  # one ray per point (CPU override)
+    generic = Renderer.depth_at(renderer, CAM, pose, uv)  # the base class: whole render, nearest pixel
+    ref = full[uv[:, 1].astype(int), uv[:, 0].astype(int)]
+    assert (ref > 0).mean() > 0.9
+    np.testing.assert_allclose(exact, ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(generic, ref, rtol=1e-6)
+
+
+def test_odometry_measures_the_motion_between_two_frames(world, renderer):
+    p0, p1 = _path(world, 2, step=0.8 * MM, roll=0.03)
+    p1 = p1.retract([0.0002, -0.0001, 0.0, 0.01, -0.008, 0.0])
+    odo = FrameOdometry()
+    assert odo.track(to_gray(_rgb(world, p0)), CAM) is None  # no reference yet
+    n = odo.keyframe(to_gray(_rgb(world, p0)), CAM, p0, renderer)
+    assert n >= 50
+    res = odo.track(to_gray(_rgb(world, p1)), CAM)
+    assert res is not None and res.inliers >= 30
+    est = p0 @ res.motion
+    moved = p0.translation_error(p1)
+    assert moved > 0.7 * MM
+    # Not exact (the light moves with the scope, so the shading on the wall changes), but a
+    # fraction of the motion: predicting "no motion" would be off by all of it.
+    assert est.translation_error(p1) < 0.15 * moved
+    assert est.rotation_error(p1) < 0.35 * p0.rotation_error(p1)
+
+
+def test_odometry_refuses_frames_it_cannot_follow(world, renderer):
+    p0 = _path(world, 1)[0]
+    odo = FrameOdometry(OdometryConfig())
+    # Nothing to track in a black frame.
+    assert odo.keyframe(np.zeros((160, 160), np.uint8), CAM, p0, renderer) == 0
+    assert odo.track(to_gray(_rgb(world, p0)), CAM) is None
+    # A frame of noise after a good one: too few consistent tracks, no motion reported.
+    odo.keyframe(to_gray(_rgb(world, p0)), CAM, p0, renderer)
+    noise = np.random.default_rng(1).integers(0, 255, (160, 160), dtype=np.uint8)
+    assert odo.track(noise, CAM) is None
+    # A different image size (camera changed): no motion.
+    assert odo.track(np.zeros((80, 80), np.uint8), CAM.scaled(80)) is None
+
+
+def test_prior_holds_the_direction_the_depth_does_not_see(world, renderer):
+    """Along the tube the depth barely changes: without the prior an axial offset of the start
+    stays; the prior at the truth pulls it back, and it does not stop a well-seen correction."""
+    gt = _path(world, 1)[0]
+    cam = CAM.scaled(64)
+    target = DepthTarget.from_depth(renderer.render(cam, gt, normals=False).depth, cam)
+    cfg = DepthRegConfig(pyramid=(32, 64), iterations=(8, 8))
+    lateral = gt.retract([0.6 * MM, -0.4 * MM, 0, 0, 0, 0])
+    with_prior = register_depth(renderer, target, [lateral], cfg, prior=PosePrior(gt, 1.0 * MM, 0.05))
+    assert with_prior.pose.translation_error(gt) < 0.1 * MM
+    # A prior off the truth (1 mm across the tube, what odometry drift looks like) loses against the
+    # depth in the directions the depth sees.
+    off = gt.retract([1.0 * MM, 0, 0, 0, 0, 0])
+    res = register_depth(renderer, target, [off], cfg, prior=PosePrior(off, 1.0 * MM, 0.05))
+    assert res.pose.translation_error(gt) < 0.5 * MM
+
+
+class _StraightTube:
+    """An open, perfectly straight cylinder (radius 7 mm): its depth does not change at all when
+    the camera slides along or rolls about the axis, the trachea's worst case."""
+
+    def __init__(self, radius: float = 0.007, length: float = 0.3, n_ring: int = 64, step: float = 0.001):
+        from bronchopt_ros.render.raycast import Raycaster
+
+        z = np.arange(0.0, length, step)
+        ang = np.linspace(0, 2 * np.pi, n_ring, endpoint=False)
+        v = np.stack([radius * np.cos(ang)[None].repeat(len(z), 0), radius * np.sin(ang)[None].repeat(len(z), 0),
+                      z[:, None].repeat(n_ring, 1)], -1).reshape(-1, 3)
+        i, j = np.meshgrid(np.arange(len(z) - 1), np.arange(n_ring), indexing="ij")
+        v00, v01 = i * n_ring + j, i * n_ring + (j + 1) % n_ring
+        f = np.concatenate([np.stack([v00, v01 + n_ring, v00 + n_ring], -1).reshape(-1, 3),
+                            np.stack([v00, v01, v01 + n_ring], -1).reshape(-1, 3)])
+        self.raycaster = Raycaster(v, f)
+
+
+def test_tracker_with_odometry_follows_a_featureless_tube():
+    """Exact depth of a straight tube, textured frames, 30 frames sliding 0.5 mm and rolling
+    0.01 rad each: the depth cannot see either motion, so without odometry the tracker stays
+    behind; with it the tracker follows."""
+    tube = _StraightTube()
+    renderer = CpuRenderer(tube.raycaster.vertices, tube.raycaster.faces)
+    poses = []
+    for k in range(30):
+        eye = np.array([0.0008 * np.sin(0.3 * k), 0.0005 * np.cos(0.2 * k), 0.05 + 0.0005 * k])
+        poses.append(Pose.look_at(eye, eye + np.array([0.05, 0.02, 1.0]), up=(1.0, 0.0, 0.0)).retract(
+            [0, 0, 0, 0, 0, 0.01 * k]))
+    stamps = [k / 30.0 for k in range(len(poses))]
+    truth = dict(zip(stamps, poses))
+
+    def exact(frame):
+        cam = frame.camera.scaled(64)
+        return DepthTarget.from_depth(renderer.render(cam, truth[frame.stamp], normals=False).depth, cam)
+
+    exact.name = "exact"
+    errs = {}
+    for odometry in (True, False):
+        tracker = Tracker(renderer, exact, TrackerConfig(odometry=odometry))
+        tracker.initialise(poses[0])
+        e, r = [], []
+        for s, p in zip(stamps, poses):
+            res = tracker.process(Frame(_rgb(tube, p), CAM, s))
+            assert res.state == TrackState.TRACKING
+            e.append(res.pose.translation_error(p))
+            r.append(res.pose.rotation_error(p))
+        errs[odometry] = (float(np.mean(e)), float(np.mean(r)), tracker.odometry_frames)
+    assert errs[True][2] >= 27  # the odometry predicted (nearly) every frame
+    assert errs[False][2] == 0
+    assert errs[False][0] > 5 * MM  # left behind: the depth alone cannot follow
+    assert errs[True][0] < 1.0 * MM and errs[True][0] < 0.15 * errs[False][0]
+    assert errs[True][1] < 0.5 * errs[False][1]

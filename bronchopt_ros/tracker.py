@@ -73,8 +73,14 @@ class TrackerConfig:
 
     mode: str = "depth"  # "depth" (encoder depth + GN, default) | "features_gn" (paper's similarity + GN) |
     # "features" (paper-faithful: similarity + Adam)
-    pyramid: tuple[int, ...] = (16, 32, 64)  # solver image widths, coarse to fine
-    iterations: tuple[int, ...] = (6, 4, 3)  # iteration caps per pyramid level (tracking)
+    # Tracking starts from the odometry's prediction: two short levels suffice (validation
+    # procedures: the same error as (16, 32, 64) / (6, 4, 3) at 1.6x the frame rate).
+    pyramid: tuple[int, ...] = (24, 48)  # solver image widths when tracking, coarse to fine
+    iterations: tuple[int, ...] = (3, 2)  # iteration caps per pyramid level when tracking
+    # (Re)initialisation, the search when LOST and the frame-wise protocol start further away.
+    init_pyramid: tuple[int, ...] = (16, 32, 64)
+    init_iterations: tuple[int, ...] = (6, 4, 3)
+    feature_width: int = 64  # render width of the feature modes (depth encoder input)
     motion_damping: float = 0.0  # share of the last inter-frame motion predicted forward (0 = none; with
     # encoder depth, 0.7 fed drift along weakly observed directions back into the next frame: validation
     # procedures 18.1/10.1 mm mean error with 0.7 against 11.3/6.7 mm with 0)
@@ -96,9 +102,11 @@ class TrackerConfig:
     recover_above: float = 0.45  # confidence to get back to TRACKING (hysteresis)
     threads: int = 1  # torch intra-op threads for the solver (1 is fastest for these small problems)
 
-    def reg_config(self, n_levels: int | None = None, iterations: tuple[int, ...] | None = None) -> DepthRegConfig:
-        pyr = self.pyramid if n_levels is None else self.pyramid[-n_levels:]
-        its = iterations or self.iterations[-len(pyr):]
+    def reg_config(self, init: bool = False) -> DepthRegConfig:
+        """The depth solver's settings when tracking, or (``init``) when starting further away."""
+        pyr, its = (self.init_pyramid, self.init_iterations) if init else (self.pyramid, self.iterations)
+        if len(pyr) != len(its):
+            raise ValueError(f"pyramid {tuple(pyr)} and iterations {tuple(its)} differ in length")
         return DepthRegConfig(pyramid=tuple(pyr), iterations=tuple(its))
 
 
@@ -181,7 +189,7 @@ class Tracker:
         cfg = self.config
         gray = to_gray(frame.rgb) if cfg.odometry else None
         if self._pending_init is not None:
-            reg = self._register(frame, target, self.init_starts(self._pending_init), keep=3)
+            reg = self._register(frame, target, self.init_starts(self._pending_init), keep=3, init=True)
             self._pending_init = None
         else:
             pred, prior = self.predict(frame.stamp), None
@@ -194,7 +202,8 @@ class Tracker:
             starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
             if self.prev_pose is not None and cfg.motion_damping > 0 and cfg.hypotheses > 1:
                 starts.append(self.pose)
-            reg = self._register(frame, target, starts, prior=prior)
+            # Without the odometry's prediction the start is a whole frame's motion away: full solver.
+            reg = self._register(frame, target, starts, prior=prior, init=motion is None)
         relocalised = False
         conf = self.confidence(reg)
         if self.state in (TrackState.LOST, TrackState.RELOCALISING) and conf < cfg.recover_above:
@@ -204,7 +213,7 @@ class Tracker:
             if self.relocaliser is not None:
                 cands = list(self.relocaliser(frame, target)) + cands
             if cands:
-                rr = self._register(frame, target, cands, keep=3)
+                rr = self._register(frame, target, cands, keep=3, init=True)
                 rconf = self.confidence(rr)
                 if rconf > conf:
                     reg, conf = rr, rconf
@@ -228,11 +237,11 @@ class Tracker:
         """Register one frame independently from ``start`` (the frame-wise protocol): the same
         search as a (re)initialisation, no state touched. Returns the result and its confidence."""
         target = self.predictor(frame)
-        reg = self._register(frame, target, self.init_starts(start), keep=3)
+        reg = self._register(frame, target, self.init_starts(start), keep=3, init=True)
         return reg, self.confidence(reg)
 
     def _register(self, frame: Frame, target: DepthTarget, starts: list[Pose], keep: int | None = None,
-                  prior: PosePrior | None = None) -> RegResult:
+                  prior: PosePrior | None = None, init: bool = False) -> RegResult:
         cfg = self.config
         if cfg.mode in ("features", "features_gn"):
             # The paper's objective from the single given start (no hypotheses): solved by
@@ -242,13 +251,13 @@ class Tracker:
                 raise ValueError(f"tracker mode '{cfg.mode}' needs the encoder's dense features")
             if cfg.mode == "features_gn":
                 reg = register_features_gn(self.renderer, enc, target.features, frame.camera, starts[:1],
-                                           FeatureGNConfig(width=cfg.pyramid[-1]))
+                                           FeatureGNConfig(width=cfg.feature_width))
             else:
                 reg = register_features(self.renderer, enc, target.features, frame.camera, starts[:1],
-                                        FeatureRegConfig(width=cfg.pyramid[-1]))
-            _, reg.si_error, reg.valid_fraction, reg.inside = si_cost(self.renderer, target, reg.pose, cfg.pyramid[-1])
+                                        FeatureRegConfig(width=cfg.feature_width))
+            _, reg.si_error, reg.valid_fraction, reg.inside = si_cost(self.renderer, target, reg.pose, cfg.feature_width)
             return reg
-        rc = cfg.reg_config()
+        rc = cfg.reg_config(init)
         if keep is not None:
             rc = replace(rc, keep=keep)
         return register_depth(self.renderer, target, starts, rc, prior=prior)

@@ -121,7 +121,7 @@ def test_yaml_parameters_take_effect(ros_context, case, tmp_path):
 
     cfg = yaml.safe_load((ROOT / "config" / "navigator.yaml").read_text())
     cfg["navigator"]["ros__parameters"]["pose_topic"] = "/custom/pose"
-    cfg["navigator"]["ros__parameters"]["tracker"]["pyramid"] = [24, 48]
+    cfg["navigator"]["ros__parameters"]["tracker"]["pyramid"] = [20, 40]
     cfg["navigator"]["ros__parameters"]["tracker"]["iterations"] = [5, 3]
     path = tmp_path / "nav.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -130,7 +130,7 @@ def test_yaml_parameters_take_effect(ros_context, case, tmp_path):
     try:
         nav, poses, _, _, _ = _run_bag(ctx, case, rate=0.5, pose_topic="/custom/pose")
         assert nav.pose_topic == "/custom/pose"
-        assert nav.pipeline.tracker.pyramid == (24, 48)
+        assert nav.pipeline.tracker.pyramid == (20, 40)
         assert len(poses) > 0
     finally:
         ctx.try_shutdown()

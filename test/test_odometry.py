@@ -171,4 +171,4 @@ def test_tracker_with_odometry_follows_a_featureless_tube():
     assert errs[False][2] == 0
     assert errs[False][0] > 5 * MM  # left behind: the depth alone cannot follow
     assert errs[True][0] < 1.0 * MM and errs[True][0] < 0.15 * errs[False][0]
-    assert errs[True][1] < 0.5 * errs[False][1]
+    assert errs[True][1] < 0.005  # the path rolls 0.29 rad in all

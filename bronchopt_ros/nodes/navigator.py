@@ -47,8 +47,12 @@ TRACKER_DOCS = {
     "mode": ("Registration objective: 'depth' (encoder log-depth + Gauss-Newton, ~25 frames/s on 2 CPU "
              "cores, default), 'features_gn' (the paper's dense-feature similarity solved by Gauss-Newton, "
              "~5 frames/s, more accurate) or 'features' (paper-faithful: similarity + Adam, ~1.4 frames/s).", None),
-    "pyramid": ("Solver image widths in pixels, coarse to fine.", None),
-    "iterations": ("Iteration cap per pyramid level.", None),
+    "pyramid": ("Solver image widths in pixels, coarse to fine, when tracking (warm start from the odometry).", None),
+    "iterations": ("Iteration cap per pyramid level when tracking.", None),
+    "init_pyramid": ("Solver image widths when (re)initialising, searching while LOST and in the frame-wise "
+                     "protocol (starts further from the answer).", None),
+    "init_iterations": ("Iteration cap per level of init_pyramid.", None),
+    "feature_width": ("Render width (px) of the feature modes (the depth encoder's input).", (16, 512)),
     "motion_damping": ("Share of the last inter-frame motion predicted forward (0 = none).", (0.0, 1.0)),
     "odometry": ("Predict each frame's pose by visual odometry of the wall's texture from the previous frame, "
                  "lifted to 3D with the CT depth (bronchopt_ros/odometry.py); holds the pose where the CT's depth "

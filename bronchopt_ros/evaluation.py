@@ -80,7 +80,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
         if ev.kind == "camera_info":
             camera = ev.data
         elif ev.kind == "initialpose":
-            tracker.initialise(ev.data)
+            tracker.initialise(ev.data, ev.covariance)
         elif ev.kind == "image":
             if camera is None:
                 errors.append(f"image at {ev.stamp_ns} ns before any camera_info: skipped")

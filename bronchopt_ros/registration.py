@@ -159,17 +159,20 @@ def _damped_step(H: torch.Tensor, g: torch.Tensor, lam: float, max_m: float, max
 
 @dataclass
 class PosePrior:
-    """A Gaussian prior on the pose around ``center``: standard deviations ``sigma_m`` (translation)
-    and ``sigma_rad`` (rotation) of the right increment ``log(center^-1 pose)``. Its cost is scaled
-    by the level's squared residual scale, so one sigma away costs as much as the mean robust data
-    cost of a pixel one residual-sigma off (the data term is a per-pixel mean)."""
+    """A Gaussian prior on the pose around ``center``: standard deviations ``sigma_m`` (translation),
+    ``sigma_rad`` (rotation) and ``sigma_roll`` (rotation about the optical axis; None = ``sigma_rad``)
+    of the right increment ``log(center^-1 pose)``. Its cost is scaled by the level's squared
+    residual scale, so one sigma away costs as much as the mean robust data cost of a pixel one
+    residual-sigma off (the data term is a per-pixel mean)."""
 
     center: Pose
     sigma_m: float
     sigma_rad: float
+    sigma_roll: float | None = None
 
     def info(self) -> np.ndarray:
-        return np.array([1.0 / self.sigma_m**2] * 3 + [1.0 / self.sigma_rad**2] * 3)
+        roll = self.sigma_rad if not self.sigma_roll else self.sigma_roll
+        return np.array([1.0 / self.sigma_m**2] * 3 + [1.0 / self.sigma_rad**2] * 2 + [1.0 / roll**2])
 
     def residual(self, pose: Pose) -> np.ndarray:
         return (self.center.inv() @ pose).log()

@@ -87,6 +87,13 @@ class TrackerConfig:
     odometry: bool = True  # predict each frame's pose by frame-to-frame visual odometry (bronchopt_ros.odometry)
     prior_sigma_m: float = 0.001  # the registration stays near the odometry's prediction: translation sigma (m)
     prior_sigma_rad: float = 0.05  # ... and rotation sigma (rad); 0 = no prior (the prediction is only the start)
+    # A (re)initialisation pose is held near with the /initialpose covariance's sigmas; when the
+    # message has none (zero), with these (0: the given pose is only the start).
+    init_prior_sigma_m: float = 0.0
+    init_prior_sigma_rad: float = 0.0
+    prior_sigma_roll: float = 0.0  # rad: sigma of the roll about the optical axis (0 = prior_sigma_rad)
+    max_speed: float = 0.05  # m/s: how fast the tip can plausibly move; while LOST, candidates farther than
+    # search_radius + max_speed x (time since the last trusted frame) from the last trusted pose are refused
     hypotheses: int = 1  # 1: warm start only; >1: also rotated copies of it (wider basin, slower)
     # (Re)initialisation from /initialpose and the frame-wise protocol trust the given pose: with
     # the encoder's depth a wider search picked look-alike views (validation procedures: 13.7/6.4 mm
@@ -124,6 +131,21 @@ class TrackResult:
     relocalised: bool = False
 
 
+def init_prior_sigmas(covariance: np.ndarray | None, config: TrackerConfig) -> tuple[float, float] | None:
+    """(translation sigma m, rotation sigma rad) of the prior on a (re)initialisation pose: from the
+    /initialpose covariance when it has a positive translation and rotation variance (isotropic:
+    the mean variance of each block; RViz's "2D Pose Estimate" sends metres, so no real pull),
+    else from ``config.init_prior_sigma_*``; None: no prior (the pose is only the start)."""
+    if covariance is not None:
+        c = np.asarray(covariance, dtype=np.float64).reshape(6, 6)
+        vt, vr = float(np.mean(np.diag(c)[:3])), float(np.mean(np.diag(c)[3:]))
+        if np.isfinite(vt) and np.isfinite(vr) and vt > 0 and vr > 0:
+            return math.sqrt(vt), math.sqrt(vr)
+    if config.init_prior_sigma_m > 0 and config.init_prior_sigma_rad > 0:
+        return config.init_prior_sigma_m, config.init_prior_sigma_rad
+    return None
+
+
 class Tracker:
     """Frame-to-CT tracker. ``renderer`` from :func:`bronchopt_ros.render.make_renderer`,
     ``predictor`` maps a frame to its depth target (the encoder); ``relocaliser`` (optional) maps a
@@ -147,18 +169,22 @@ class Tracker:
         self.last_stamp: float | None = None
         self._pending_init: Pose | None = None
         self._low = 0
+        self._trusted_stamp: float | None = None
         self.relocalisations = 0
         self.odometry = FrameOdometry()
         self.odometry_frames = 0  # frames whose prediction came from the odometry
 
-    def initialise(self, pose: Pose) -> None:
-        """(Re)initialise at ``pose`` (e.g. from /initialpose); the next frame starts from it,
-        searching a little wider than when tracking."""
+    def initialise(self, pose: Pose, covariance: np.ndarray | None = None) -> None:
+        """(Re)initialise at ``pose`` (e.g. from /initialpose); the next frame starts from it with
+        the full solver. ``covariance`` (6x6, the message's: x y z then rotations) sets how firmly
+        the first registration keeps the pose (:func:`init_prior_sigmas`)."""
         self._pending_init = pose
+        self._init_sigmas = init_prior_sigmas(covariance, self.config)
         self.prev_pose = None
         self.pose = pose
         self.state = TrackState.INITIALISING
         self._low = 0
+        self._trusted_stamp = None  # a new start: no bound on where the search may look
         self.odometry.reset()
 
     @property
@@ -180,6 +206,7 @@ class Tracker:
         if self.last_stamp is not None and frame.stamp < self.last_stamp:
             # Time went backwards (a bag looped): the motion model is meaningless now.
             self.prev_pose = None
+            self._trusted_stamp = None
             self.odometry.reset()
         self.last_stamp = frame.stamp
         if self.pose is None:
@@ -189,7 +216,9 @@ class Tracker:
         cfg = self.config
         gray = to_gray(frame.rgb) if cfg.odometry else None
         if self._pending_init is not None:
-            reg = self._register(frame, target, self.init_starts(self._pending_init), keep=3, init=True)
+            sig = getattr(self, "_init_sigmas", None)
+            prior = PosePrior(self._pending_init, *sig) if sig is not None else None
+            reg = self._register(frame, target, self.init_starts(self._pending_init), keep=3, init=True, prior=prior)
             self._pending_init = None
         else:
             pred, prior = self.predict(frame.stamp), None
@@ -198,7 +227,7 @@ class Tracker:
                 pred = self.pose @ motion.motion
                 self.odometry_frames += 1
                 if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
-                    prior = PosePrior(pred, cfg.prior_sigma_m, cfg.prior_sigma_rad)
+                    prior = PosePrior(pred, cfg.prior_sigma_m, cfg.prior_sigma_rad, cfg.prior_sigma_roll or None)
             starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
             if self.prev_pose is not None and cfg.motion_damping > 0 and cfg.hypotheses > 1:
                 starts.append(self.pose)
@@ -212,15 +241,21 @@ class Tracker:
             cands = self.search_starts(self.pose)
             if self.relocaliser is not None:
                 cands = list(self.relocaliser(frame, target)) + cands
+            reach = self.reach(frame.stamp)
+            if reach is not None:  # the tip cannot have gone farther than this since the last trusted frame
+                cands = [c for c in cands if np.linalg.norm(c.t - self.pose.t) <= reach]
             if cands:
                 rr = self._register(frame, target, cands, keep=3, init=True)
                 rconf = self.confidence(rr)
+                if reach is not None and np.linalg.norm(rr.pose.t - self.pose.t) > reach:
+                    rconf = 0.0
                 if rconf > conf:
                     reg, conf = rr, rconf
                     relocalised = rconf >= cfg.recover_above
                     self.relocalisations += int(relocalised)
         self._update_state(conf, relocalised)
         if conf >= cfg.lost_below:
+            self._trusted_stamp = frame.stamp
             self.prev_pose, self.pose = (None if relocalised else self.pose), reg.pose
         else:
             # Not trustworthy: keep the last trusted pose as the warm start (coast), no motion model.
@@ -232,6 +267,13 @@ class Tracker:
         sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
                            time.perf_counter() - t0, reg.valid_fraction, relocalised)
+
+    def reach(self, stamp: float) -> float | None:
+        """How far (m) from the last trusted pose the tip can plausibly be at ``stamp`` (None: no bound)."""
+        cfg = self.config
+        if cfg.max_speed <= 0 or self._trusted_stamp is None:
+            return None
+        return cfg.search_radius + cfg.max_speed * max(0.0, stamp - self._trusted_stamp)
 
     def register_once(self, frame: Frame, start: Pose) -> tuple[RegResult, float]:
         """Register one frame independently from ``start`` (the frame-wise protocol): the same

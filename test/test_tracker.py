@@ -151,3 +151,19 @@ def test_stamp_going_backwards_drops_the_motion_model(renderer):
     assert tracker.prev_pose is not None
     res = tracker.process(Frame(rgb, CAM, stamps[0]))  # a bag loop
     assert res.pose.translation_error(poses[0]) < 0.2 * MM
+
+
+def test_initial_pose_prior_follows_the_message_covariance():
+    from bronchopt_ros.tracker import init_prior_sigmas
+
+    cfg = TrackerConfig()
+    sim = np.diag([1e-6] * 3 + [0.05**2] * 3)  # what the case bags carry
+    assert np.allclose(init_prior_sigmas(sim, cfg), (1e-3, 0.05))
+    rviz = np.zeros((6, 6))
+    rviz[0, 0] = rviz[1, 1] = 0.25
+    rviz[5, 5] = 0.0685  # RViz's "2D Pose Estimate": metres, so practically no pull
+    assert init_prior_sigmas(rviz, cfg)[0] > 0.1
+    # No covariance (zero / NaN / absent): the configured sigmas, by default none.
+    for cov in (None, np.zeros((6, 6)), np.full((6, 6), np.nan)):
+        assert init_prior_sigmas(cov, cfg) is None
+        assert init_prior_sigmas(cov, TrackerConfig(init_prior_sigma_m=0.002, init_prior_sigma_rad=0.1)) == (0.002, 0.1)

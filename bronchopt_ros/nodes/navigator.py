@@ -60,6 +60,15 @@ TRACKER_DOCS = {
     "prior_sigma_m": ("Translation sigma (m) of the prior that keeps the registration near the odometry's "
                       "prediction (0: the prediction is only the start).", (0.0, 0.05)),
     "prior_sigma_rad": ("Rotation sigma (rad) of that prior (0: no prior).", (0.0, 1.0)),
+    "init_prior_sigma_m": ("A (re)initialisation is held near /initialpose with the sigmas of its covariance; "
+                           "when the message carries none (all zero), with this translation sigma (m) "
+                           "(0: the pose is only the start).", (0.0, 0.1)),
+    "init_prior_sigma_rad": ("... and this rotation sigma (rad) (0: no prior).", (0.0, 3.2)),
+    "prior_sigma_roll": ("Sigma (rad) of the roll about the optical axis in that prior, which the CT's depth "
+                         "barely sees in round bronchi (0: prior_sigma_rad).", (0.0, 1.0)),
+    "max_speed": ("How fast (m/s) the tip can plausibly move: while LOST, relocalisation candidates farther than "
+                  "search_radius + max_speed x time since the last trusted frame are refused (0: no bound).",
+                  (0.0, 10.0)),
     "hypotheses": ("Start hypotheses per frame when tracking (1 = warm start only).", (1, 32)),
     "init_hypotheses": ("Rotated start hypotheses when (re)initialising from /initialpose.", (1, 32)),
     "init_search_radius": ("Centerline starts within this distance (m) of a (re)initialisation pose (0: none; "
@@ -197,8 +206,9 @@ class Navigator(Node):
             self.counters["bad_initialpose"] += 1
             self._throttled("initpose", f"ignoring /initialpose: {exc}")
             return
+        cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
         with self._lock:
-            self._init_pose = pose
+            self._init_pose = (pose, cov)  # the covariance sets how firmly the registration keeps it
             self._lock.notify()
         self.get_logger().info(f"initial pose received at {np.round(pose.t * 1000, 1)} mm")
 
@@ -248,7 +258,7 @@ class Navigator(Node):
                 if mesh_msg is not None:
                     self._load_mesh(mesh_msg)
                 if init_pose is not None and self.tracker is not None:
-                    self.tracker.initialise(init_pose)
+                    self.tracker.initialise(*init_pose)
                     self._reset_path()
                 elif init_pose is not None:
                     self._pending_init = init_pose
@@ -285,7 +295,7 @@ class Navigator(Node):
         self.message = "waiting for /initialpose"
         pending = getattr(self, "_pending_init", None)
         if pending is not None:
-            self.tracker.initialise(pending)
+            self.tracker.initialise(*pending)
             self._pending_init = None
         elif self.auto_initialise:
             self._auto_init()

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     metrics["mode"] = cfg.tracker.mode
     metrics["renderer"] = getattr(tracker, "renderer_backend", "")
     metrics["encoder"] = getattr(tracker, "encoder_backend", "")
+    metrics["index_build_s"] = float(getattr(tracker, "index_build_s", 0.0))  # one-time, not in frame times
     ev.write_results(out, records, metrics)
     if not args.no_plots and not args.framewise:
         from ..plots import overlay_strip, plot_errors, plot_trajectory

@@ -9,7 +9,9 @@ pose error and candidate confidence signals measured at the estimate:
 * ``sim``        the encoder's dense similarity (mean cosine) at the estimate;
 * ``margin``     ``sim`` minus the best similarity over 12 poses 2 mm / 0.1 rad away (positive: the
                  estimate is a distinct optimum of the similarity the encoder was trained to rank);
-* ``rank``       the share of those 12 poses whose similarity is below the estimate's.
+* ``rank``       the share of those 12 poses whose similarity is below the estimate's;
+* ``inliers``    the odometry's PnP inliers (0 without odometry);
+* ``innovation`` how far the registration moved from the odometry's prediction, in prior sigmas.
 
 Prints, per signal, the AUROC of separating failed frames (error > 5 mm or > 10 deg) from the rest
 and writes a JSON with the per-frame table, so thresholds are chosen on validation cases and
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
             if res.pose is None or pred.last is None:
                 return
             row = {"case": Path(case).name, "stamp": frame.stamp, "si": res.si_error, "valid": res.valid_fraction,
-                   "confidence": res.confidence, "state": int(res.state)}
+                   "confidence": res.confidence, "state": int(res.state), "inliers": res.odometry_inliers,
+                   "innovation": res.innovation}
             row.update(signals(tracker, encoder, pred.last, frame.camera, res.pose))
             out_rows.append(row)
 
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
     fail = np.array([r["err_mm"] > 5 or r["err_deg"] > 10 for r in rows])
     far = np.array([r["err_mm"] > 2 for r in rows])
     table = {}
-    for key, sign in (("si", -1), ("valid", 1), ("sim", 1), ("margin", 1), ("rank", 1), ("confidence", 1)):
+    for key, sign in (("si", -1), ("valid", 1), ("sim", 1), ("margin", 1), ("rank", 1), ("confidence", 1),
+                      ("inliers", 1), ("innovation", -1)):
         v = sign * np.array([r[key] for r in rows], float)
         v = np.nan_to_num(v, nan=-1e9, posinf=1e9, neginf=-1e9)
         table[key] = {"auroc_fail": auroc(-v, fail), "auroc_2mm": auroc(-v, far)}

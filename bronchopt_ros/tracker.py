@@ -129,6 +129,8 @@ class TrackResult:
     time_s: float
     valid_fraction: float
     relocalised: bool = False
+    odometry_inliers: int = 0  # PnP inliers of the frame's odometry (0: no odometry prediction)
+    innovation: float = math.nan  # how far the registration moved from the odometry's prediction, in prior sigmas
 
 
 def init_prior_sigmas(covariance: np.ndarray | None, config: TrackerConfig) -> tuple[float, float] | None:
@@ -215,6 +217,7 @@ class Tracker:
         target = self.predictor(frame)
         cfg = self.config
         gray = to_gray(frame.rgb) if cfg.odometry else None
+        motion = None
         if self._pending_init is not None:
             sig = getattr(self, "_init_sigmas", None)
             prior = PosePrior(self._pending_init, *sig) if sig is not None else None
@@ -234,6 +237,11 @@ class Tracker:
             # Without the odometry's prediction the start is a whole frame's motion away: full solver.
             reg = self._register(frame, target, starts, prior=prior, init=motion is None)
         relocalised = False
+        odo_inliers, innovation = 0, math.nan
+        if motion is not None and prior is not None:
+            odo_inliers = motion.inliers
+            e = prior.residual(reg.pose)
+            innovation = float(np.sqrt((prior.info() * e * e).sum()))
         conf = self.confidence(reg)
         if self.state in (TrackState.LOST, TrackState.RELOCALISING) and conf < cfg.recover_above:
             # Lost: search wide around the last trusted pose (centerline starts) and, when a
@@ -266,7 +274,7 @@ class Tracker:
             self.odometry.keyframe(gray, frame.camera, self.pose, self.renderer)
         sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
-                           time.perf_counter() - t0, reg.valid_fraction, relocalised)
+                           time.perf_counter() - t0, reg.valid_fraction, relocalised, odo_inliers, innovation)
 
     def reach(self, stamp: float) -> float | None:
         """How far (m) from the last trusted pose the tip can plausibly be at ``stamp`` (None: no bound)."""

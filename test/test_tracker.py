@@ -167,3 +167,33 @@ def test_initial_pose_prior_follows_the_message_covariance():
     for cov in (None, np.zeros((6, 6)), np.full((6, 6), np.nan)):
         assert init_prior_sigmas(cov, cfg) is None
         assert init_prior_sigmas(cov, TrackerConfig(init_prior_sigma_m=0.002, init_prior_sigma_rad=0.1)) == (0.002, 0.1)
+
+
+def test_relocalisation_is_bounded_by_a_plausible_tip_speed(renderer):
+    """Lost in the trachea, the relocaliser offers a view deep in a branch (~50 mm away). Within
+    0.3 s of the last trusted frame the tip cannot have got there (max_speed 0.05 m/s): refused.
+    Lost for 1.5 s it can: accepted (the frames show that branch)."""
+    trachea = _trachea_path(3)
+    a, b, _ = (np.asarray(x, float) for x in (*__import__("fixtures_render").Y_SEGMENTS[1][:2], 0))
+    eye = (a + 0.6 * (b - a)) * MM
+    far = Pose.look_at(eye, b * MM, up=(0.0, 1.0, 0.0))
+    assert renderer.inside(CAM.scaled(32), far)
+    stamps = [0.0, 1 / 30, 2 / 30] + [0.1 + 0.02 * k for k in range(10)] + [1.6, 1.65, 1.7]
+    truth = {s: (trachea[i] if i < 3 else far) for i, s in enumerate(stamps)}
+    asked = []
+
+    def relocaliser(frame, target):
+        asked.append(frame.stamp)
+        return [far]
+
+    tracker = Tracker(renderer, ExactDepth(renderer, truth), TrackerConfig(lost_after=2, max_speed=0.05, si_scale=0.05),
+                      relocaliser=relocaliser, centerline=_y_centerline())
+    tracker.initialise(trachea[0])
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    res = {s: tracker.process(Frame(rgb, CAM, s)) for s in stamps}
+    assert tracker.reach(11.7) == pytest.approx(tracker.config.search_radius + 0.05 * 10.0)
+    early = [r for s, r in res.items() if 0.1 <= s < 0.3]
+    assert asked and all(r.pose.translation_error(far) > 20 * MM for r in early)
+    assert any(r.state in (TrackState.LOST, TrackState.RELOCALISING) for r in early)
+    assert res[1.7].state == TrackState.TRACKING and res[1.7].pose.translation_error(far) < 0.5 * MM
+    assert tracker.relocalisations >= 1

@@ -34,7 +34,18 @@ import torch
 from bronchopt_ros.evaluation import track_case
 from bronchopt_ros.pipeline import EncoderDepthPredictor, PipelineConfig, load_default_encoder
 from bronchopt_ros.threads import limit_threads
-from bronchopt_ros.tracker import pose_probes
+from bronchopt_ros.geometry import Pose
+
+
+def pose_probes(pose: Pose, trans: float = 0.002, rot: float = 0.1) -> list[Pose]:
+    """The 12 poses ``trans`` metres along and ``rot`` radians about each camera axis, both signs."""
+    out = []
+    for k in range(6):
+        for sign in (1.0, -1.0):
+            xi = np.zeros(6)
+            xi[k] = sign * (trans if k < 3 else rot)
+            out.append(pose.retract(xi))
+    return out
 
 
 class _Recording(EncoderDepthPredictor):

@@ -25,18 +25,7 @@ from .registration import (DepthRegConfig, DepthTarget, FeatureGNConfig, Feature
                            rotation_hypotheses, si_cost)
 
 
-__all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor", "pose_probes"]
-
-
-def pose_probes(pose: Pose, trans: float = 0.002, rot: float = 0.1) -> list[Pose]:
-    """The 12 poses ``trans`` metres along and ``rot`` radians about each camera axis, both signs."""
-    out = []
-    for k in range(6):
-        for sign in (1.0, -1.0):
-            xi = np.zeros(6)
-            xi[k] = sign * (trans if k < 3 else rot)
-            out.append(pose.retract(xi))
-    return out
+__all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor"]
 
 
 class TrackState(enum.IntEnum):
@@ -172,6 +161,7 @@ class Tracker:
         self._pending_init: Pose | None = None
         self._low = 0
         self._trusted_stamp: float | None = None
+        self._init_sigmas: tuple[float, float] | None = None  # prior on the pending (re)initialisation
         self.relocalisations = 0
         self.odometry = FrameOdometry()
         self.odometry_frames = 0  # frames whose prediction came from the odometry
@@ -219,7 +209,7 @@ class Tracker:
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
         if self._pending_init is not None:
-            sig = getattr(self, "_init_sigmas", None)
+            sig = self._init_sigmas
             prior = PosePrior(self._pending_init, *sig) if sig is not None else None
             reg = self._register(frame, target, self.init_starts(self._pending_init), keep=3, init=True, prior=prior)
             self._pending_init = None

@@ -32,7 +32,8 @@ __all__ = ["OdometryConfig", "OdometryResult", "FrameOdometry", "to_gray"]
 
 @dataclass
 class OdometryConfig:
-    """Settings of :class:`FrameOdometry` (node parameters ``tracker.odometry_<name>``)."""
+    """Settings of :class:`FrameOdometry` (defaults; not node parameters yet: the node exposes
+    ``tracker.odometry`` on/off and the prior's sigmas)."""
 
     max_corners: int = 200  # corners detected in the reference frame
     quality: float = 0.005  # goodFeaturesToTrack quality level (relative to the best corner)

@@ -1,7 +1,8 @@
 """The tracker: one per procedure, the same in the node and in offline evaluation.
 
-Per frame: predict the pose from the previous ones (damped constant velocity), register the frame
-warm-started from the prediction (:mod:`bronchopt_ros.registration`), score the result
+Per frame: predict the pose by visual odometry from the previous frame (:mod:`bronchopt_ros.odometry`;
+without it, the last pose or an optional damped constant velocity), register the frame from the
+prediction and held near it by a pose prior (:mod:`bronchopt_ros.registration`), score the result
 (confidence from the scale-invariant log-depth error and the visible fraction), and run a small
 state machine with hysteresis: INITIALISING -> TRACKING <-> LOST (-> RELOCALISING when a
 relocaliser is given). A confident wrong pose is never reported as TRACKING: while LOST the

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .geometry import Camera
+from .odometry import OdometryConfig
 from .registration import DepthTarget
 from .render.base import make_renderer
 from .tracker import Frame, Tracker, TrackerConfig
@@ -31,6 +32,7 @@ class PipelineConfig:
     device: str = "cpu"
     relocalisation: bool = True  # build the centerline view index (global embeddings) for relocalisation
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    odometry: OdometryConfig = field(default_factory=OdometryConfig)
 
 
 class EncoderDepthPredictor:
@@ -67,7 +69,7 @@ def build_tracker(airway, cfg: PipelineConfig, encoder=None, predictor=None, rel
             and hasattr(predictor, "encoder"):
         relocaliser = _index_relocaliser(renderer, predictor.encoder, airway.centerline)
     tracker = Tracker(renderer, predictor, cfg.tracker, relocaliser=relocaliser,
-                      centerline=getattr(airway, "centerline", None))
+                      centerline=getattr(airway, "centerline", None), odometry=cfg.odometry)
     tracker.renderer_backend = getattr(renderer, "name", "cpu")
     tracker.encoder_backend = getattr(predictor, "name", "custom")
     return tracker

@@ -1,6 +1,6 @@
 """The tracker: one per procedure, the same in the node and in offline evaluation.
 
-Per frame: predict the pose by visual odometry from the previous frame (:mod:`bronchopt_ros.odometry`;
+Per frame: predict the pose by visual odometry of the wall's texture (:mod:`bronchopt_ros.odometry`;
 without it, the last pose or an optional damped constant velocity), register the frame from the
 prediction and held near it by a pose prior (:mod:`bronchopt_ros.registration`), score the result
 (confidence from the scale-invariant log-depth error and the visible fraction), and run a small
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .geometry import Camera, Pose
-from .odometry import FrameOdometry, to_gray
+from .odometry import FrameOdometry, OdometryConfig, to_gray
 from .registration import (DepthRegConfig, DepthTarget, FeatureGNConfig, FeatureRegConfig, PosePrior, RegResult,
                            centerline_hypotheses, register_depth, register_features, register_features_gn,
                            rotation_hypotheses, si_cost)
@@ -144,12 +144,14 @@ class Tracker:
     frame and its target to candidate poses when lost (global place recognition)."""
 
     def __init__(self, renderer, predictor: DepthPredictor, config: TrackerConfig | None = None,
-                 relocaliser: Callable[[Frame, DepthTarget], list[Pose]] | None = None, centerline=None):
+                 relocaliser: Callable[[Frame, DepthTarget], list[Pose]] | None = None, centerline=None,
+                 odometry: OdometryConfig | None = None):
         self.renderer = renderer
         self.centerline = centerline
         self.predictor = predictor
         self.config = config or TrackerConfig()
         self.relocaliser = relocaliser
+        self.odometry_config = odometry or OdometryConfig()
         torch.set_num_threads(max(1, int(self.config.threads)))
         self.reset()
 
@@ -164,7 +166,8 @@ class Tracker:
         self._trusted_stamp: float | None = None
         self._init_sigmas: tuple[float, float] | None = None  # prior on the pending (re)initialisation
         self.relocalisations = 0
-        self.odometry = FrameOdometry()
+        self.odometry = FrameOdometry(self.odometry_config)
+        self._odo_last = None
         self.odometry_frames = 0  # frames whose prediction came from the odometry
 
     def initialise(self, pose: Pose, covariance: np.ndarray | None = None) -> None:
@@ -218,7 +221,11 @@ class Tracker:
             pred, prior = self.predict(frame.stamp), None
             motion = self.odometry.track(gray, frame.camera) if gray is not None else None
             if motion is not None:
-                pred = self.pose @ motion.motion
+                # The step since the last frame, both measured against the same reference frame,
+                # applied to the last estimate (so the registration's corrections are kept).
+                last = self._odo_last
+                step = motion.motion if last is None or motion.age == 0 else last.motion.inv() @ motion.motion
+                pred = self.pose @ step
                 self.odometry_frames += 1
                 if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
                     prior = PosePrior(pred, cfg.prior_sigma_m, cfg.prior_sigma_rad, cfg.prior_sigma_roll or None)
@@ -262,7 +269,10 @@ class Tracker:
         if gray is not None:
             # This frame is the odometry's reference for the next one, seen from the pose the
             # next frame starts from.
-            self.odometry.keyframe(gray, frame.camera, self.pose, self.renderer)
+            if self.odometry.update(gray, frame.camera, self.pose, self.renderer):
+                self._odo_last = None
+            else:
+                self._odo_last = motion
         sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
                            time.perf_counter() - t0, reg.valid_fraction, relocalised, odo_inliers, innovation)

@@ -7,7 +7,7 @@ import pytest
 
 from bronchopt_ros.encoder.data import ToyWorld
 from bronchopt_ros.geometry import Camera, Pose
-from bronchopt_ros.odometry import FrameOdometry, OdometryConfig, to_gray
+from bronchopt_ros.odometry import FrameOdometry, OdometryConfig, detect_corners, to_gray
 from bronchopt_ros.registration import DepthRegConfig, DepthTarget, PosePrior, register_depth
 from bronchopt_ros.render.base import Renderer
 from bronchopt_ros.render.cpu import CpuRenderer
@@ -86,6 +86,42 @@ def test_odometry_measures_the_motion_between_two_frames(world, renderer):
     # fraction of the motion: predicting "no motion" would be off by all of it.
     assert est.translation_error(p1) < 0.15 * moved
     assert est.rotation_error(p1) < 0.35 * p0.rotation_error(p1)
+
+
+def test_odometry_keeps_its_reference_frame_and_measures_against_it(world, renderer):
+    """With keyframe_frames=3 the corners of the first frame are followed through the next frames:
+    each result is the motion since that frame (not since the last one), and a new reference is
+    taken after three frames."""
+    poses = _path(world, 5, step=0.4 * MM, roll=0.02)
+    odo = FrameOdometry(OdometryConfig(keyframe_frames=3))
+    assert odo.update(to_gray(_rgb(world, poses[0])), CAM, poses[0], renderer)  # first frame: new reference
+    renewed = []
+    for k in range(1, 5):
+        res = odo.track(to_gray(_rgb(world, poses[k])), CAM)
+        assert res is not None
+        ref = 0 if k <= 3 else 3
+        assert res.age == k - 1 - ref and res.reference.translation_error(poses[ref]) == 0.0
+        est = poses[ref] @ res.motion
+        moved = poses[ref].translation_error(poses[k])
+        assert est.translation_error(poses[k]) < 0.15 * moved
+        renewed.append(odo.update(to_gray(_rgb(world, poses[k])), CAM, poses[k], renderer))
+    assert renewed == [False, False, True, False]
+
+
+def test_corners_are_spread_over_the_image():
+    """A frame with one high-contrast patch and faint texture elsewhere: plain Shi-Tomasi puts
+    (nearly) every corner on the patch; the grid takes an equal share from every cell."""
+    rng = np.random.default_rng(3)
+    img = (128 + 6 * rng.standard_normal((200, 200))).astype(np.float32)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    img[80:120, 80:120] = rng.integers(0, 255, (40, 40), dtype=np.uint8)
+    cells = lambda uv: {(int(u // 40), int(v // 40)) for u, v in uv.reshape(-1, 2)}
+    plain = detect_corners(img, 100, 1, 0.01, 3.0)
+    grid = detect_corners(img, 100, 5, 0.01, 3.0)
+    on_patch = lambda uv: np.mean([(75 <= u <= 125) and (75 <= v <= 125) for u, v in uv.reshape(-1, 2)])
+    assert on_patch(plain) > 0.75 and on_patch(grid) < 0.2
+    assert len(cells(grid)) == 25
+    assert len(grid) <= 100
 
 
 def test_odometry_refuses_frames_it_cannot_follow(world, renderer):

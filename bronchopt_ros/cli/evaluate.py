@@ -30,6 +30,7 @@ def pipeline_from_yaml(path: str | Path | None, mode: str | None = None):
     """PipelineConfig from the navigator's YAML (the same settings the node uses)."""
     import yaml
 
+    from ..odometry import OdometryConfig
     from ..pipeline import PipelineConfig
     from ..tracker import TrackerConfig
     from ._ros import config_dir
@@ -40,8 +41,9 @@ def pipeline_from_yaml(path: str | Path | None, mode: str | None = None):
     if mode:
         tr["mode"] = mode
     tcfg = TrackerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in tr.items()})
+    ocfg = OdometryConfig(**params.get("odometry", {}))
     keys = ("renderer_backend", "encoder_backend", "encoder_weights", "encoder_input_size", "device", "relocalisation")
-    return PipelineConfig(tracker=tcfg, **{k: params[k] for k in keys if k in params})
+    return PipelineConfig(tracker=tcfg, odometry=ocfg, **{k: params[k] for k in keys if k in params})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from ..geometry import Camera, Pose
 from ..io import ros_convert as rc
 from ..io.image import ImageConversionError, msg_to_rgb8, numpy_to_image
 from ..pipeline import PipelineConfig, build_tracker, load_default_encoder, prepare_frame
+from ..odometry import OdometryConfig
 from ..tracker import TrackerConfig, TrackState
 from .params import declare, declare_dataclass
 from .tf import TfPublisher
@@ -84,6 +85,25 @@ TRACKER_DOCS = {
     "threads": ("torch intra-op threads of the solver.", (1, 64)),
 }
 
+ODOMETRY_DOCS = {
+    "max_corners": ("Corners followed by the visual odometry (Shi-Tomasi, in the reference frame).", (12, 5000)),
+    "grid": ("The corners are spread over grid x grid cells of the image, an equal share each (1: anywhere).",
+             (1, 20)),
+    "quality": ("Corner quality level, relative to the best corner of its cell.", (0.0, 1.0)),
+    "min_distance": ("Minimum distance between corners (px at 200 px wide).", (0.0, 50.0)),
+    "window": ("Lucas-Kanade window (px).", (3, 101)),
+    "levels": ("Lucas-Kanade pyramid levels.", (0, 6)),
+    "fb_max_px": ("A corner whose forward-backward track disagrees by more than this (px) is dropped.", (0.0, 100.0)),
+    "ransac_px": ("PnP-RANSAC inlier threshold (px).", (0.1, 20.0)),
+    "min_inliers": ("Fewer PnP inliers than this: no odometry for the frame (the full solver runs).", (4, 1000)),
+    "max_step_m": ("A larger translation between two frames (m) is implausible: the odometry is rejected.",
+                   (0.0, 1.0)),
+    "max_step_rad": ("... and a larger rotation (rad).", (0.0, 3.2)),
+    "keyframe_frames": ("The reference frame's corners are followed for up to this many frames and the motion "
+                        "is measured against it (1: frame to frame).", (1, 100)),
+    "keyframe_keep": ("... while at least this share of its corners is still followed.", (0.0, 1.0)),
+}
+
 
 class Navigator(Node):
     def __init__(self, **kwargs):
@@ -120,7 +140,8 @@ class Navigator(Node):
             device=p("device", pipe.device, "Torch device: cpu or cuda."),
             relocalisation=p("relocalisation", pipe.relocalisation,
                              "Build the centerline view index (global embeddings) to relocalise when lost."),
-            tracker=declare_dataclass(self, "tracker", TrackerConfig(), TRACKER_DOCS))
+            tracker=declare_dataclass(self, "tracker", TrackerConfig(), TRACKER_DOCS),
+            odometry=declare_dataclass(self, "odometry", OdometryConfig(), ODOMETRY_DOCS))
 
         # ---- state shared between callbacks (executor thread) and the worker thread
         self._lock = threading.Condition()

@@ -16,6 +16,7 @@ automatic fallback and says why in the log.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -49,17 +50,23 @@ def file_hash(path: str | Path) -> str:
 
 
 class TorchBackend:
-    """Eager torch on the graph's device."""
+    """Eager torch on the graph's device. On the CPU the graph runs in the channels-last memory
+    format, which oneDNN's convolutions take without reordering (same outputs to 1e-5; 13 instead
+    of 17-19 ms per 128 px frame on one core here)."""
 
     name = "torch"
 
     def __init__(self, graph: RGBGraph, device: torch.device):
-        self.graph = graph.eval().to(device)
         self.device = device
+        self.memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        if self.memory_format is not torch.contiguous_format:
+            graph = copy.deepcopy(graph)  # its modules are the encoder's own: leave those as they are
+        self.graph = graph.eval().to(device, memory_format=self.memory_format)
 
     @torch.no_grad()
     def __call__(self, rgb01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.graph(rgb01.to(self.device))
+        x = rgb01.to(self.device).contiguous(memory_format=self.memory_format)
+        return tuple(t.contiguous() for t in self.graph(x))
 
 
 # ------------------------------------------------------------------------------------ ONNX Runtime

@@ -422,8 +422,10 @@ def _feature_system(renderer, encoder, rgb_features, cam: Camera, pose: Pose, cf
 
 
 def register_features_gn(renderer, encoder, rgb_features: torch.Tensor, camera: Camera, starts: list[Pose],
-                         cfg: FeatureGNConfig | None = None) -> RegResult:
-    """LM on the dense-feature residuals from each start; the lowest final cost (mean 1 - cos) wins."""
+                         cfg: FeatureGNConfig | None = None, prior: PosePrior | None = None) -> RegResult:
+    """LM on the dense-feature residuals from each start; the lowest final cost (mean 1 - cos) wins.
+    ``prior`` (optional) keeps the solution near a predicted pose, scaled like the depth solver's:
+    one sigma away costs as much as the mean squared residual at the start."""
     cfg = cfg or FeatureGNConfig()
     cam = camera.scaled(cfg.width, max(1, round(cfg.width * camera.height / camera.width)))
     t0 = time.perf_counter()
@@ -432,19 +434,28 @@ def register_features_gn(renderer, encoder, rgb_features: torch.Tensor, camera: 
         r, J, vf, inside = _feature_system(renderer, encoder, rgb_features, cam, pose, cfg)
         if r is None:
             continue
+        ps = max(float((r * r).mean()), 1e-12)  # the prior's scale for this start
         cost = 0.5 * float((r * r).mean())
+        total_cost = cost + _prior_cost(prior, pose, ps)
         lam, it, converged = cfg.lambda0, 0, False
         while it < cfg.iterations:
             it += 1
-            dx = _damped_step(J.T @ J, J.T @ r, lam, cfg.max_step_m, cfg.max_step_rad)
+            n = r.numel()
+            H, g = J.T @ J / n, J.T @ r / n  # the data cost is a mean: its system, likewise
+            if prior is not None:
+                info = torch.as_tensor(ps * prior.info(), dtype=H.dtype)
+                H = H + torch.diag(info)
+                g = g + info * torch.as_tensor(prior.residual(pose), dtype=H.dtype)
+            dx = _damped_step(H, g, lam, cfg.max_step_m, cfg.max_step_rad)
             if dx is None:
                 break
             tn, rn = float(np.linalg.norm(dx[:3])), float(np.linalg.norm(dx[3:]))
             cand = pose.retract(dx)
             r2, J2, vf2, inside2 = _feature_system(renderer, encoder, rgb_features, cam, cand, cfg)
-            if r2 is not None and 0.5 * float((r2 * r2).mean()) <= cost:
+            total2 = 0.5 * float((r2 * r2).mean()) + _prior_cost(prior, cand, ps) if r2 is not None else math.inf
+            if total2 <= total_cost:
                 pose, r, J, vf, inside = cand, r2, J2, vf2, inside2
-                cost = 0.5 * float((r * r).mean())
+                cost, total_cost = 0.5 * float((r * r).mean()), total2
                 lam = max(lam * 0.3, 1e-6)
                 if tn < 1e-5 and rn < 1e-4:
                     converged = True

@@ -318,7 +318,7 @@ class Tracker:
                 raise ValueError(f"tracker mode '{cfg.mode}' needs the encoder's dense features")
             if cfg.mode == "features_gn":
                 reg = register_features_gn(self.renderer, enc, target.features, frame.camera, starts[:1],
-                                           FeatureGNConfig(width=cfg.feature_width))
+                                           FeatureGNConfig(width=cfg.feature_width), prior=prior)
             else:
                 reg = register_features(self.renderer, enc, target.features, frame.camera, starts[:1],
                                         FeatureRegConfig(width=cfg.feature_width))

@@ -192,17 +192,22 @@ def test_tracker_with_odometry_follows_a_featureless_tube():
         return DepthTarget.from_depth(renderer.render(cam, truth[frame.stamp], normals=False).depth, cam)
 
     exact.name = "exact"
-    errs = {}
-    for odometry in (True, False):
-        tracker = Tracker(renderer, exact, TrackerConfig(odometry=odometry))
+    errs, estimates = {}, {}
+    for odometry, parallel in ((True, False), (False, False), (True, True)):
+        tracker = Tracker(renderer, exact, TrackerConfig(odometry=odometry, parallel=parallel))
         tracker.initialise(poses[0])
-        e, r = [], []
+        e, r, est = [], [], []
         for s, p in zip(stamps, poses):
             res = tracker.process(Frame(_rgb(tube, p), CAM, s))
             assert res.state == TrackState.TRACKING
             e.append(res.pose.translation_error(p))
             r.append(res.pose.rotation_error(p))
-        errs[odometry] = (float(np.mean(e)), float(np.mean(r)), tracker.odometry_frames)
+            est.append(res.pose.matrix)
+        estimates[odometry, parallel] = np.array(est)
+        if not parallel:
+            errs[odometry] = (float(np.mean(e)), float(np.mean(r)), tracker.odometry_frames)
+    # The encoder on its own thread beside the odometry: the very same estimates.
+    np.testing.assert_array_equal(estimates[True, True], estimates[True, False])
     assert errs[True][2] >= 27  # the odometry predicted (nearly) every frame
     assert errs[False][2] == 0
     assert errs[False][0] > 5 * MM  # left behind: the depth alone cannot follow

@@ -102,12 +102,15 @@ def detect_corners(gray: np.ndarray, n: int, grid: int, quality: float, min_dist
 
 
 class FrameOdometry:
+    """The camera's motion since a reference frame, from corners of that frame followed through
+    the video (see the module docstring); one per procedure, reset on re-initialisation."""
+
     def __init__(self, config: OdometryConfig | None = None):
         self.config = config or OdometryConfig()
         self.reset()
 
     def reset(self) -> None:
-        self._gray: np.ndarray | None = None  # the reference (key) frame
+        self._gray: np.ndarray | None = None  # the reference (key) frame (None: no reference)
         self._uv: np.ndarray | None = None  # (N, 1, 2) float32 corners of the reference frame
         self._xyz: np.ndarray | None = None  # (N, 3) their points in the reference camera (metres)
         self._guess: np.ndarray | None = None  # (N, 1, 2) where they were last seen

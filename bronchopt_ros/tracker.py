@@ -93,6 +93,10 @@ class TrackerConfig:
     init_search_radius: float = 0.0  # m: centerline starts within this of a (re)initialisation pose
     search_radius: float = 0.012  # m: centerline starts within this of the last trusted pose when LOST
     search_spacing: float = 0.002  # m: their spacing along each branch
+    # Starts tried per LOST frame: the relocaliser's candidates, then the next of the wide search's
+    # (rotated copies and centerline starts, often 20-45) in turn over the following frames, so
+    # image-to-pose latency stays bounded while LOST (0: all of them every frame, ~1 s here).
+    search_budget: int = 12
     si_scale: float = 0.25  # scale-invariant log error at which confidence is exp(-1)
     min_valid_fraction: float = 0.2  # fewer rendered pixels than this: not trustworthy
     lost_below: float = 0.25  # confidence under this ...
@@ -173,6 +177,7 @@ class Tracker:
         self._trusted_stamp: float | None = None
         self._init_sigmas: tuple[float, float] | None = None  # prior on the pending (re)initialisation
         self.relocalisations = 0
+        self._search_cursor = 0  # where the wide search goes on at the next LOST frame
         self.odometry = FrameOdometry(self.odometry_config)
         self._odo_last = None
         self.odometry_frames = 0  # frames whose prediction came from the odometry
@@ -255,12 +260,13 @@ class Tracker:
         if self.state in (TrackState.LOST, TrackState.RELOCALISING) and conf < cfg.recover_above:
             # Lost: search wide around the last trusted pose (centerline starts) and, when a
             # relocaliser is configured, from its candidates (global place recognition).
-            cands = self.search_starts(self.pose)
-            if self.relocaliser is not None:
-                cands = list(self.relocaliser(frame, target)) + cands
+            wide = self.search_starts(self.pose)
+            reloc = list(self.relocaliser(frame, target)) if self.relocaliser is not None else []
             reach = self.reach(frame.stamp)
             if reach is not None:  # the tip cannot have gone farther than this since the last trusted frame
-                cands = [c for c in cands if np.linalg.norm(c.t - self.pose.t) <= reach]
+                wide = [c for c in wide if np.linalg.norm(c.t - self.pose.t) <= reach]
+                reloc = [c for c in reloc if np.linalg.norm(c.t - self.pose.t) <= reach]
+            cands = reloc + self._budgeted(wide, cfg.search_budget - len(reloc))
             if cands:
                 rr = self._register(frame, target, cands, keep=3, init=True)
                 rconf = self.confidence(rr)
@@ -287,6 +293,17 @@ class Tracker:
         sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
                            time.perf_counter() - t0, reg.valid_fraction, relocalised, odo_inliers, innovation)
+
+    def _budgeted(self, starts: list[Pose], budget: int) -> list[Pose]:
+        """At most ``budget`` (>= 2) of the wide search's starts for this frame, the next ones in turn
+        on the next LOST frame, so a LOST frame costs about as much as a few tracked ones
+        (``search_budget`` 0: all of them every frame)."""
+        if self.config.search_budget <= 0 or len(starts) <= max(budget, 2):
+            return starts
+        budget = max(budget, 2)
+        k = self._search_cursor % len(starts)
+        self._search_cursor = k + budget
+        return (starts + starts)[k: k + budget]
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -197,3 +197,37 @@ def test_relocalisation_is_bounded_by_a_plausible_tip_speed(renderer):
     assert any(r.state in (TrackState.LOST, TrackState.RELOCALISING) for r in early)
     assert res[1.7].state == TrackState.TRACKING and res[1.7].pose.translation_error(far) < 0.5 * MM
     assert tracker.relocalisations >= 1
+
+
+def test_lost_search_is_spread_over_frames(renderer):
+    """While LOST each frame tries at most ``search_budget`` starts, the next ones in turn, so the
+    wide search is covered over a few frames instead of costing a second on one."""
+    poses = _trachea_path(20)
+    stamps = [k / 30.0 for k in range(len(poses))]
+    good = ExactDepth(renderer, dict(zip(stamps, poses)))
+    rng = np.random.default_rng(2)
+
+    def garbage(frame):
+        cam = frame.camera.scaled(64)
+        return DepthTarget.from_depth(np.exp(rng.normal(-3, 1.0, (64, 64))).astype(np.float32), cam)
+
+    tried = []
+
+    class Counting(Tracker):
+        def _register(self, frame, target, starts, keep=None, prior=None, init=False):
+            if self.state in (TrackState.LOST, TrackState.RELOCALISING) and keep == 3:
+                tried.append([tuple(np.round(s.t, 9)) + tuple(np.round(s.R.ravel(), 9)) for s in starts])
+            return super()._register(frame, target, starts, keep, prior, init)
+
+    tracker = Counting(renderer, good, TrackerConfig(lost_after=2, search_budget=6, odometry=False),
+                       centerline=_y_centerline())
+    tracker.initialise(poses[0])
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    for k, s in enumerate(stamps):
+        tracker.predictor = garbage if k >= 3 else good
+        tracker.process(Frame(rgb, CAM, s))
+    wide = {tuple(np.round(p.t, 9)) + tuple(np.round(p.R.ravel(), 9)) for p in tracker.search_starts(tracker.pose)}
+    assert len(wide) > 12 and len(tried) >= 8
+    assert all(len(t) <= 6 for t in tried)
+    seen = set().union(*map(set, tried))
+    assert wide <= seen  # every start of the wide search was tried within the LOST frames

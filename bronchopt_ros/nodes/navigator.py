@@ -77,6 +77,9 @@ TRACKER_DOCS = {
     "search_radius": ("Centerline starts within this distance (m) of the last trusted pose when LOST (0: none).",
                       (0.0, 0.1)),
     "search_spacing": ("Spacing (m) of those centerline starts along each branch.", (0.0005, 0.02)),
+    "search_budget": ("Starts tried per LOST frame: the relocaliser's candidates, then the next ones of the wide "
+                      "search in turn over the following frames (bounds the latency while LOST; 0: all every frame).",
+                      (0, 1000)),
     "si_scale": ("Scale-invariant log-depth error at which the confidence is exp(-1).", (0.01, 5.0)),
     "min_valid_fraction": ("Rendered pixel share below which a pose is not trusted.", (0.0, 1.0)),
     "lost_below": ("Confidence below which a frame counts towards LOST.", (0.0, 1.0)),

@@ -19,17 +19,23 @@ pytestmark = pytest.mark.skipif(not shipped_weights().exists(), reason="no shipp
 CAM = Camera(200, 200, 110.2, 110.3, 100.6, 103.7)
 
 
-def test_feature_gn_converges_with_perfect_features():
+@pytest.fixture(scope="module")
+def perfect():
+    """Renderer, encoder, the true pose (in the trachea, looking down at the carina), the depth
+    features there as the "RGB" features, and a start 1.75 mm / 0.05 rad away."""
     torch.set_num_threads(1)
     renderer = make_renderer(y_airway())
     encoder = load_encoder(EncoderConfig(backend="torch"))
-    # In the trachea, looking down at the carina.
     gt = Pose(np.diag([1.0, -1.0, -1.0]), np.array([0.0, 1.0, 30.0]) * MM)
-    cam = CAM.scaled(64)
-    out = renderer.render(cam, gt, normals=False)
+    out = renderer.render(CAM.scaled(64), gt, normals=False)
     with torch.no_grad():
         f_true = encoder.encode_depth(out.depth, out.valid)
     start = Pose(gt.R, gt.t + np.array([1.0, -0.8, 1.2]) * MM).retract([0, 0, 0, 0.04, -0.03, 0.02])
+    return renderer, encoder, gt, f_true, start
+
+
+def test_feature_gn_converges_with_perfect_features(perfect):
+    renderer, encoder, gt, f_true, start = perfect
     res = register_features_gn(renderer, encoder, f_true, CAM, [start], FeatureGNConfig(iterations=15))
     assert res.inside and res.cost < 0.05
     assert res.pose.translation_error(gt) < 0.01 * MM  # from 1.75 mm / 0.05 rad
@@ -55,21 +61,13 @@ def test_tracker_dispatches_the_feature_modes(mode):
     assert reg.iterations > 0
 
 
-def test_feature_gn_prior_holds_the_prediction():
+def test_feature_gn_prior_holds_the_prediction(perfect):
     """The pose prior (the tracker's odometry prediction) enters the feature solver like the depth
     solver's: a prior at the truth does not stop the convergence; a tight prior 1 mm off keeps the
     solution at it, against perfect features."""
     from bronchopt_ros.registration import PosePrior
 
-    torch.set_num_threads(1)
-    renderer = make_renderer(y_airway())
-    encoder = load_encoder(EncoderConfig(backend="torch"))
-    gt = Pose(np.diag([1.0, -1.0, -1.0]), np.array([0.0, 1.0, 30.0]) * MM)
-    cam = CAM.scaled(64)
-    out = renderer.render(cam, gt, normals=False)
-    with torch.no_grad():
-        f_true = encoder.encode_depth(out.depth, out.valid)
-    start = Pose(gt.R, gt.t + np.array([1.0, -0.8, 1.2]) * MM).retract([0, 0, 0, 0.04, -0.03, 0.02])
+    renderer, encoder, gt, f_true, start = perfect
     cfg = FeatureGNConfig(iterations=15)
     loose = register_features_gn(renderer, encoder, f_true, CAM, [start], cfg, prior=PosePrior(gt, 1 * MM, 0.05))
     assert loose.pose.translation_error(gt) < 0.01 * MM

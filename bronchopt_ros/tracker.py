@@ -296,8 +296,8 @@ class Tracker:
 
     def _budgeted(self, starts: list[Pose], budget: int) -> list[Pose]:
         """At most ``budget`` (>= 2) of the wide search's starts for this frame, the next ones in turn
-        on the next LOST frame, so a LOST frame costs about as much as a few tracked ones
-        (``search_budget`` 0: all of them every frame)."""
+        on the next LOST frame, so the time of a LOST frame is bounded by the budget instead of
+        growing with the search (``search_budget`` 0: all of them every frame)."""
         if self.config.search_budget <= 0 or len(starts) <= max(budget, 2):
             return starts
         budget = max(budget, 2)

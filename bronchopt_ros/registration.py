@@ -185,6 +185,15 @@ def _prior_cost(prior: PosePrior | None, pose: Pose, scale: float) -> float:
     return 0.5 * scale * float((prior.info() * e * e).sum())
 
 
+def _with_prior(H: torch.Tensor, g: torch.Tensor, prior: PosePrior | None, pose: Pose, scale: float):
+    """The Gauss-Newton system (H, g) plus the prior's term (its Jacobian taken as identity in the
+    right increment), for the cost :func:`_prior_cost`."""
+    if prior is None:
+        return H, g
+    info = torch.as_tensor(scale * prior.info(), dtype=H.dtype)
+    return H + torch.diag(info), g + info * torch.as_tensor(prior.residual(pose), dtype=H.dtype)
+
+
 def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegConfig, prior: PosePrior | None = None):
     lam = cfg.lambda0
     it = 0
@@ -201,12 +210,8 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
         it += 1
         JW = J * W[:, None]
         wsum = float(w.sum())
-        H = JW.T @ J / wsum  # the data cost is a weighted mean: its Gauss-Newton system, likewise
-        g = JW.T @ r / wsum
-        if prior is not None:
-            info = torch.as_tensor(ps * prior.info(), dtype=H.dtype)
-            H = H + torch.diag(info)
-            g = g + info * torch.as_tensor(prior.residual(pose), dtype=H.dtype)
+        # The data cost is a weighted mean: its Gauss-Newton system, likewise.
+        H, g = _with_prior(JW.T @ J / wsum, JW.T @ r / wsum, prior, pose, ps)
         dx = _damped_step(H, g, lam, cfg.max_step_m, cfg.max_step_rad)
         if dx is None:
             break
@@ -440,12 +445,8 @@ def register_features_gn(renderer, encoder, rgb_features: torch.Tensor, camera: 
         lam, it, converged = cfg.lambda0, 0, False
         while it < cfg.iterations:
             it += 1
-            n = r.numel()
-            H, g = J.T @ J / n, J.T @ r / n  # the data cost is a mean: its system, likewise
-            if prior is not None:
-                info = torch.as_tensor(ps * prior.info(), dtype=H.dtype)
-                H = H + torch.diag(info)
-                g = g + info * torch.as_tensor(prior.residual(pose), dtype=H.dtype)
+            n = r.numel()  # the data cost is a mean: its system, likewise
+            H, g = _with_prior(J.T @ J / n, J.T @ r / n, prior, pose, ps)
             dx = _damped_step(H, g, lam, cfg.max_step_m, cfg.max_step_rad)
             if dx is None:
                 break

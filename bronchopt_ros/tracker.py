@@ -11,9 +11,9 @@ result carries the state, and callers decide (config) whether to publish the pos
 from __future__ import annotations
 
 import enum
-from concurrent.futures import ThreadPoolExecutor
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 

@@ -58,12 +58,18 @@ def _lookup(table: dict[int, Pose], stamp: float) -> Pose | None:
 
 
 def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None, progress: bool = True,
-               keep_frames: int = 0, predictor=None, max_frames: int | None = None, on_result=None):
+               keep_frames: int = 0, predictor=None, max_frames: int | None = None, on_result=None,
+               realtime: float | None = None):
     """Continuous tracking over every frame of ``case``'s bag, from its /initialpose.
+
+    ``realtime``: replay as the node sees a live camera instead of every frame: while the tracker
+    is busy the frames queue in a one-slot buffer (the newest wins), so frames are skipped. The
+    tracker is busy ``realtime`` seconds per frame, or its measured time per frame when 0. Only
+    the processed frames are recorded (the node publishes nothing for the others).
 
     ``on_result(tracker, frame, result)``, if given, is called after each frame (for studies).
 
-    Returns (records, errors) where errors are the bag's damage reports (kept going past them)."""
+    Returns (records, errors, tracker): errors are the bag's damage reports (kept going past them)."""
     case = Path(case)
     cfg = cfg or PipelineConfig()
     airway = load_case_airway(case)
@@ -73,7 +79,16 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
     errors: list[str] = []
     camera: Camera | None = None
     bar = _bar(progress, "tracking")
-    for ev in read_case_bag(case / "procedure"):
+    slot = _NewestFrameSlot(realtime) if realtime is not None else None
+    for ev in _with_end(read_case_bag(case / "procedure")):
+        if ev is None:  # end of the bag: the frame still waiting in the slot is processed
+            if slot is None or slot.pending is None:
+                break
+            ev, slot.pending = slot.pending, None
+        elif slot is not None and ev.kind == "image":
+            ev = slot.offer(ev)
+            if ev is None:
+                continue
         if ev.kind == "error":
             errors.append(ev.error)
             continue
@@ -93,6 +108,8 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
             index = getattr(tracker.relocaliser, "index", None)
             was_ready = index is None or index.ready
             res = tracker.process(frame)
+            if slot is not None:
+                slot.done(frame.stamp, res.time_s)
             if not was_ready and index.ready:
                 # The relocalisation index was built on this frame's first need. The node builds it
                 # in the background when the mesh arrives, so it is not a frame's cost: reported apart.
@@ -114,7 +131,38 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                 break
     if bar is not None:
         bar.close()
+    tracker.skipped_frames = slot.skipped if slot is not None else 0
     return records, errors, tracker
+
+
+def _with_end(events):
+    yield from events
+    yield None
+
+
+class _NewestFrameSlot:
+    """The node's frame queue, replayed in bag time: one slot, the newest frame wins, the worker
+    takes it when free. :meth:`offer` returns the frame the worker takes next (or None)."""
+
+    def __init__(self, cost_s: float):
+        self.cost_s = cost_s  # seconds the worker is busy per frame (0: the measured time)
+        self.pending = None
+        self.busy_until = -math.inf
+        self.skipped = 0
+
+    def offer(self, ev):
+        take = None
+        if self.pending is not None:
+            if self.busy_until <= ev.stamp_s:  # the worker got free before this frame arrived
+                take = self.pending
+            else:
+                self.skipped += 1
+        self.pending = ev
+        return take
+
+    def done(self, stamp: float, measured_s: float) -> None:
+        start = max(self.busy_until, stamp)
+        self.busy_until = start + (self.cost_s if self.cost_s > 0 else measured_s)
 
 
 def framewise_case(case: str | Path, level: str, cfg: PipelineConfig | None = None, encoder=None,

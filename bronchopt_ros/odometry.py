@@ -7,7 +7,10 @@ weak directions, so the camera's motion is measured from it:
 
 1. corners of a reference (key) frame, spread over the image (:func:`detect_corners`), are lifted
    to 3D with the CT depth seen at its estimate (:meth:`Renderer.depth_at`: metric, no scale drift);
-2. they are followed frame to frame by pyramidal Lucas-Kanade with a forward-backward check;
+2. they are followed frame to frame by pyramidal Lucas-Kanade with a forward-backward check,
+   each search starting where the camera's last velocity (constant, scaled by the time since the
+   last processed frame) puts them: a live camera outruns the tracker and frames are skipped, so
+   the steps between processed frames vary;
 3. :func:`cv2.solvePnPRansac` + :func:`cv2.solvePnPRefineLM` give the camera's motion since the
    reference; a new reference is taken every ``keyframe_frames`` frames or when too few corners
    are left.
@@ -17,7 +20,7 @@ same reference), starts the registration there and keeps it near (a prior), so t
 the odometry's drift where it can and the odometry holds the pose where the CT cannot.
 
     odo = FrameOdometry(OdometryConfig())
-    res = odo.track(gray, camera)              # motion since the reference frame, or None
+    res = odo.track(gray, camera, stamp)       # motion since the reference frame, or None
     odo.update(gray, camera, pose, renderer)   # after the frame (at its estimate): keep or renew the reference
 """
 from __future__ import annotations
@@ -109,6 +112,12 @@ class FrameOdometry:
         self.reset()
 
     def reset(self) -> None:
+        """Forget everything (a new procedure, a re-initialisation, time going backwards)."""
+        self._clear_reference()
+        self._velocity: np.ndarray | None = None  # (6,) the last step's log per second (v, w)
+        self._stamp: float | None = None  # the last processed frame's time
+
+    def _clear_reference(self) -> None:
         self._gray: np.ndarray | None = None  # the reference (key) frame (None: no reference)
         self._uv: np.ndarray | None = None  # (N, 1, 2) float32 corners of the reference frame
         self._xyz: np.ndarray | None = None  # (N, 3) their points in the reference camera (metres)
@@ -125,7 +134,7 @@ class FrameOdometry:
         c = self.config
         scale = max(camera.width, camera.height) / 200.0
         uv = detect_corners(gray, c.max_corners, c.grid, c.quality, c.min_distance * scale)
-        self.reset()
+        self._clear_reference()  # (the velocity is the camera's: kept)
         if uv is None or len(uv) < c.min_inliers:
             return 0
         uv = uv.reshape(-1, 2).astype(np.float64)
@@ -152,26 +161,54 @@ class FrameOdometry:
             return True
         return False
 
-    def track(self, gray: np.ndarray, camera: Camera) -> OdometryResult | None:
-        """The camera's motion from the reference frame to ``gray`` (None when it cannot be trusted)."""
-        self._last = res = self._track(gray, camera)
+    def track(self, gray: np.ndarray, camera: Camera, stamp: float | None = None) -> OdometryResult | None:
+        """The camera's motion from the reference frame to ``gray`` (None when it cannot be trusted).
+        ``stamp`` (seconds): the frame's time, for the constant-velocity start of the search."""
+        dt = stamp - self._stamp if stamp is not None and self._stamp is not None else None
+        since = self._last.motion if self._age > 0 and self._last is not None else Pose.identity()
+        res = self._track(gray, camera, since, self._predicted_step(dt))
+        if res is None:
+            self._velocity = None
+        elif dt is not None and dt > 0:
+            self._velocity = (since.inv() @ res.motion).log() / dt
+        self._last = res
+        self._stamp = stamp
         self._age += 1
         return res
 
-    def _track(self, gray: np.ndarray, camera: Camera) -> OdometryResult | None:
+    def _predicted_step(self, dt: float | None) -> Pose | None:
+        """The camera's motion since the last frame at constant velocity, or None (no velocity)."""
+        if self._velocity is None or dt is None or not 0 < dt < 1.0:
+            return None
+        return Pose.exp(self._velocity * dt)
+
+    def _track(self, gray: np.ndarray, camera: Camera, since: Pose, step: Pose | None) -> OdometryResult | None:
         c = self.config
         if self._gray is None or self._gray.shape != gray.shape:
             return None
         # The reference's corners are followed frame to frame (from where the last frame saw them),
-        # with a forward-backward check on each step.
+        # with a forward-backward check on each step. The search starts where the predicted motion
+        # puts them (the backward search where the same prediction, reversed, does).
         lk = dict(winSize=(c.window, c.window), maxLevel=c.levels,
                   criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
         alive = self._alive
         p0 = self._guess[alive]
-        p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev, gray, p0, None, **lk)
+        guess = motion_guess = None
+        if step is not None:
+            motion_guess = since @ step
+            guess = self._project(motion_guess, camera, alive, p0)
+        if guess is None:
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev, gray, p0, None, **lk)
+        else:
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev, gray, p0, guess.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                                                  **lk)
         if p1 is None:
             return None
-        p0b, st2, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev, p1, None, **lk)
+        if guess is None:
+            p0b, st2, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev, p1, None, **lk)
+        else:
+            back = (p1 - (guess - p0)).astype(np.float32)
+            p0b, st2, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev, p1, back, flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
         fb = np.linalg.norm((p0b - p0).reshape(-1, 2), axis=1)
         good = (st1[:, 0] == 1) & (st2[:, 0] == 1) & (fb < c.fb_max_px)
         ok = alive.copy()
@@ -183,8 +220,9 @@ class FrameOdometry:
         img = p1.reshape(-1, 2).astype(np.float64)
         K = camera.K
         rvec, tvec = np.zeros((3, 1)), np.zeros((3, 1))
-        if self._age > 0 and self._last is not None:  # start from the last frame's motion
-            m = self._last.motion.inv()
+        start = motion_guess if motion_guess is not None else (since if self._age > 0 else None)
+        if start is not None:  # PnP starts from the predicted motion (or the last one)
+            m = start.inv()
             rvec, tvec = cv2.Rodrigues(m.R)[0], m.t.reshape(3, 1).copy()
         found, rvec, tvec, inl = cv2.solvePnPRansac(obj, img, K, None, rvec, tvec, useExtrinsicGuess=True,
                                                     iterationsCount=100, reprojectionError=c.ransac_px,
@@ -206,3 +244,14 @@ class FrameOdometry:
         self._alive = ok
         self._prev = gray
         return OdometryResult(motion, int(len(inl)), int(ok.sum()), self._pose, self._age)
+
+    def _project(self, motion: Pose, camera: Camera, alive: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        """(M, 1, 2) float32 pixels of the followed reference points after ``motion`` (the new
+        camera in the reference's frame); points that would fall behind it keep ``fallback``."""
+        m = motion.inv()
+        x = self._xyz[alive] @ m.R.T + m.t
+        out = fallback.reshape(-1, 2).astype(np.float64).copy()
+        front = x[:, 2] > 1e-4
+        out[front, 0] = camera.fx * x[front, 0] / x[front, 2] + camera.cx
+        out[front, 1] = camera.fy * x[front, 1] / x[front, 2] + camera.cy
+        return out.astype(np.float32).reshape(-1, 1, 2)

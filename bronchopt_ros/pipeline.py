@@ -31,6 +31,7 @@ class PipelineConfig:
     encoder_input_size: int = 128  # the RGB frame is resized to this (square) for the encoder
     device: str = "cpu"
     relocalisation: bool = True  # build the centerline view index (global embeddings) for relocalisation
+    relocalisation_cache: str = ""  # directory keeping built indices (one file per airway + encoder); empty: none
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
 
@@ -67,7 +68,7 @@ def build_tracker(airway, cfg: PipelineConfig, encoder=None, predictor=None, rel
         predictor = EncoderDepthPredictor(encoder if encoder is not None else load_default_encoder(cfg))
     if relocaliser is None and cfg.relocalisation and getattr(airway, "centerline", None) is not None \
             and hasattr(predictor, "encoder"):
-        relocaliser = _index_relocaliser(renderer, predictor.encoder, airway.centerline)
+        relocaliser = _index_relocaliser(renderer, predictor.encoder, airway, cfg.relocalisation_cache)
     tracker = Tracker(renderer, predictor, cfg.tracker, relocaliser=relocaliser,
                       centerline=getattr(airway, "centerline", None), odometry=cfg.odometry)
     tracker.renderer_backend = getattr(renderer, "name", "cpu")
@@ -75,13 +76,24 @@ def build_tracker(airway, cfg: PipelineConfig, encoder=None, predictor=None, rel
     return tracker
 
 
-def _index_relocaliser(renderer, encoder, centerline):
+def _index_relocaliser(renderer, encoder, airway, cache_dir: str = ""):
     """The relocaliser: candidates from the centerline view index (built on first use; call
-    ``relocalise.index.warm()`` to build it ahead, e.g. in a background thread)."""
-    from .relocalise import LazyIndex
+    ``relocalise.index.warm()`` to build it ahead, e.g. in a background thread), kept in
+    ``cache_dir`` when given."""
+    from .relocalise import LazyIndex, index_key
 
     cam = Camera(200, 200, 110.2, 110.3, 100.6, 103.7)  # the index only needs a typical field of view
-    index = LazyIndex(renderer, encoder, centerline, cam)
+    cache = None
+    if cache_dir:
+        from pathlib import Path
+
+        from .encoder.backends import file_hash
+
+        weights = getattr(encoder, "weights", None)
+        enc_id = file_hash(weights) if weights is not None and Path(weights).exists() else type(encoder).__name__
+        key = index_key(airway, f"{enc_id}/{getattr(encoder, 'input_size', '')}", cam)
+        cache = Path(cache_dir).expanduser() / f"reloc-{key}.npz"
+    index = LazyIndex(renderer, encoder, airway.centerline, cam, cache=cache)
 
     def relocalise(frame: Frame, target: DepthTarget) -> list:
         return index.query(target.embedding) if target.embedding is not None else []

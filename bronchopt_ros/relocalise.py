@@ -5,11 +5,22 @@ never get lost do not pay for it): poses every ``spacing`` along every branch, l
 branch, at several rolls; the encoder's global embedding of each rendered depth map is stored
 (embedded in batches of ``batch``). A lost frame's RGB embedding is compared with all of them (cosine), and the poses of the
 best matches are the relocalisation candidates the tracker refines.
+
+Building takes ~35 s for a six-generation airway on two cores, so the index can be kept on disk
+(``cache_dir``): one file per airway, encoder weights, index settings and camera, named by a hash
+of all of them (:func:`index_key`); a later run with the same inputs loads it in milliseconds.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
 import time
-from dataclasses import dataclass
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +28,9 @@ import torch
 from .geometry import Camera, Pose
 from .registration import centerline_hypotheses
 
-__all__ = ["RelocConfig", "RelocalisationIndex", "LazyIndex"]
+__all__ = ["RelocConfig", "RelocalisationIndex", "LazyIndex", "index_key"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +95,35 @@ class RelocalisationIndex:
     def __len__(self) -> int:
         return len(self.poses)
 
+    def save(self, path: str | Path) -> None:
+        """Write the index to ``path`` (.npz; atomically, so a reader never sees half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mats = np.stack([p.matrix for p in self.poses]) if self.poses else np.zeros((0, 4, 4))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+                np.savez(f, poses=mats, embeddings=self.embeddings.numpy().astype(np.float32),
+                         config=json.dumps(asdict(self.config)), build_s=self.build_s)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RelocalisationIndex":
+        """Read an index written by :meth:`save`; ``ValueError`` if the file is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                mats, emb = z["poses"], z["embeddings"]
+                config = RelocConfig(**json.loads(str(z["config"])))
+                build_s = float(z["build_s"])
+        except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"not a relocalisation index: {path}: {exc}") from exc
+        if mats.ndim != 3 or mats.shape[1:] != (4, 4) or emb.ndim != 2 or len(emb) != len(mats) or not len(mats):
+            raise ValueError(f"not a relocalisation index: {path}: poses {mats.shape}, embeddings {emb.shape}")
+        return cls([Pose.from_matrix(m) for m in mats], torch.from_numpy(emb), config, build_s)
+
     def query(self, embedding: torch.Tensor, k: int | None = None) -> list[Pose]:
         """Poses of the ``k`` indexed views most similar to ``embedding`` (best first)."""
         e = torch.nn.functional.normalize(embedding.reshape(1, -1).float(), dim=1)
@@ -91,14 +133,33 @@ class RelocalisationIndex:
         return [self.poses[i] for i in idx]
 
 
+def index_key(airway, encoder_id: str, camera: Camera, config: RelocConfig | None = None) -> str:
+    """Hex digest naming an index: the airway (mesh and centerline), the encoder (e.g. its
+    weights' hash), the camera and the index settings. Any change gives another key (so a stale
+    index is never loaded)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(airway.vertices, np.float64).tobytes())
+    h.update(np.ascontiguousarray(airway.faces, np.int64).tobytes())
+    for b in getattr(airway.centerline, "branches", []):
+        h.update(np.ascontiguousarray(b.points, np.float64).tobytes())
+    h.update(json.dumps([encoder_id, [camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy],
+                         asdict(config or RelocConfig())]).encode())
+    return h.hexdigest()[:24]
+
+
 class LazyIndex:
     """A :class:`RelocalisationIndex` built on first use (thread-safe); ``warm()`` builds it now
-    (the node calls it from a background thread after loading a mesh)."""
+    (the node calls it from a background thread after loading a mesh). With ``cache`` (a file
+    path, e.g. ``cache_dir / f"{index_key(...)}.npz"``) it is loaded from there when present and
+    written there after a build."""
 
-    def __init__(self, renderer, encoder, centerline, camera: Camera, config: RelocConfig | None = None):
+    def __init__(self, renderer, encoder, centerline, camera: Camera, config: RelocConfig | None = None,
+                 cache: str | Path | None = None):
         import threading
 
         self._args = (renderer, encoder, centerline, camera, config)
+        self.cache = Path(cache) if cache else None
+        self.loaded_from_cache = False
         self._index: RelocalisationIndex | None = None
         self._error: str | None = None
         self._lock = threading.Lock()
@@ -108,12 +169,24 @@ class LazyIndex:
         """Abort a build in progress (e.g. at shutdown); later queries return nothing."""
         self._cancel.set()
 
+    def _from_cache(self) -> "RelocalisationIndex | None":
+        if self.cache is None or not self.cache.exists():
+            return None
+        try:
+            index = RelocalisationIndex.load(self.cache)
+        except ValueError as exc:
+            log.warning("relocalisation index cache unreadable, rebuilding: %s", exc)
+            return None
+        self.loaded_from_cache = True
+        log.info("relocalisation index: %d views loaded from %s", len(index), self.cache)
+        return index
+
     def warm(self) -> "RelocalisationIndex | None":
         with self._lock:
             if self._index is None and self._error is None:
-                import logging
-
-                log = logging.getLogger(__name__)
+                self._index = self._from_cache()
+                if self._index is not None:
+                    return self._index
                 try:
                     self._index = RelocalisationIndex.build(*self._args, should_stop=self._cancel.is_set)
                     log.info("relocalisation index: %d views in %.1f s", len(self._index), self._index.build_s)
@@ -123,6 +196,12 @@ class LazyIndex:
                 except (ValueError, AttributeError) as exc:
                     self._error = str(exc)
                     log.warning("relocalisation index not built: %s", exc)
+                    return None
+                if self.cache is not None:
+                    try:
+                        self._index.save(self.cache)
+                    except OSError as exc:  # a read-only or full disk: keep the index in memory
+                        log.warning("relocalisation index not cached to %s: %s", self.cache, exc)
             return self._index
 
     @property

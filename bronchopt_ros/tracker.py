@@ -227,7 +227,7 @@ class Tracker:
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
         if self._pending_init is None and gray is not None:
-            motion = self.odometry.track(gray, frame.camera)
+            motion = self.odometry.track(gray, frame.camera, frame.stamp)
         target = pending.result() if pending is not None else self.predictor(frame)
         if self._pending_init is not None:
             sig = self._init_sigmas

@@ -96,3 +96,27 @@ def test_lost_stretches_and_recoveries_are_counted():
     m = summarise(recs)
     assert m["lost_frames"] == 4 and m["lost_stretches"] == 2 and m["recoveries"] == 1
     assert m["recovery_s_mean"] == pytest.approx(0.2) and m["longest_lost_s"] == pytest.approx(0.2)
+
+
+def test_realtime_replay_skips_the_frames_a_busy_tracker_misses(evaluated, tmp_path):
+    """``--realtime 0.047``: a tracker busy 47 ms a frame behind a 30 frames/s camera takes the
+    newest frame whenever it gets free. The processed stamps equal those of an event-by-event
+    simulation of that worker (written independently here)."""
+    case, _ = evaluated
+    out = tmp_path / "rt"
+    assert main(["eval", str(case), "--out", str(out), "--quiet", "--no-plots", "--realtime", "0.047"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    stamps, _ = read_tum(case / "truth.tum")
+    expected, free, last = [], -1.0, -1
+    while True:  # the worker: when free, the newest frame that has arrived, else the next to arrive
+        arrived = [i for i in range(len(stamps)) if stamps[i] <= free and i > last]
+        nxt = arrived[-1] if arrived else last + 1
+        if nxt >= len(stamps):
+            break
+        free = max(free, stamps[nxt]) + 0.047
+        expected.append(nxt)
+        last = nxt
+    t_est, _ = read_tum(out / "poses.tum")
+    assert len(expected) < len(stamps) and m["frames"] == len(expected)
+    assert m["skipped_frames"] == len(stamps) - len(expected)
+    assert np.allclose(t_est, stamps[expected], atol=1e-6)

@@ -17,6 +17,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 
 from bronchopt_msgs.msg import TrackingStatus  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
+from nav_msgs.msg import Path as PathMsg  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from bronchopt_ros.io import ros_convert as rc  # noqa: E402
@@ -53,14 +54,16 @@ def _graph(ctx, case, nav_params=None):
     from bronchopt_ros.nodes.navigator import Navigator
 
     server = AirwayServer(context=ctx, parameter_overrides=[Parameter("mesh_path", value=str(case / "airway.ply"))])
-    nav = Navigator(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in (nav_params or {}).items()])
+    params = {"relocalisation_cache": str(case.parent / "cache"), **(nav_params or {})}  # not the user's ~/.cache
+    nav = Navigator(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     return server, nav
 
 
 def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"):
     server, nav = _graph(ctx, case, nav_params)
     probe = Node("probe", context=ctx)
-    poses, tfs, status = {}, [], []
+    poses, tfs, status, paths = {}, [], [], []
+    probe.create_subscription(PathMsg, "/bronchopt/path", paths.append, 10)
     probe.create_subscription(PoseStamped, pose_topic, lambda m: poses.__setitem__(rc.stamp_to_ns(m.header.stamp), m), 100)
     probe.create_subscription(TFMessage, "/tf", lambda m: tfs.extend(m.transforms), 100)
     probe.create_subscription(TrackingStatus, "/bronchopt/status", status.append, 100)
@@ -79,8 +82,8 @@ def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and nav.counters["processed"] + nav.counters["dropped"] < N_FRAMES:
             time.sleep(0.1)
-        time.sleep(0.5)
-        return nav, poses, tfs, status, player
+        time.sleep(1.5)  # (the timer sends the path's last poses)
+        return nav, poses, tfs, status, player, paths
     finally:
         ex.shutdown()
         for n in (server, nav, probe):
@@ -90,7 +93,8 @@ def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"
 def test_bag_through_the_graph_matches_offline(ros_context, case, offline):
     records, offline_metrics = offline
     # Slow enough that even the first frame (the initialisation search) ends before the next one.
-    nav, poses, tfs, status, player = _run_bag(ros_context, case, rate=0.05)
+    nav, poses, tfs, status, player, paths = _run_bag(ros_context, case, rate=0.05,
+                                                      nav_params={"path_publish_period": 2.0})
     assert not player.stats.error
     stamps, truth = read_tum(case / "truth.tum")
     # Every frame processed at this rate (no drops) -> a pose for each frame that was tracked.
@@ -111,6 +115,10 @@ def test_bag_through_the_graph_matches_offline(ros_context, case, offline):
     # TF ct -> bronchoscope_optical_frame for the published poses.
     assert len(tfs) >= len(poses)
     assert all(t.header.frame_id == "ct" and t.child_frame_id == "bronchoscope_optical_frame" for t in tfs)
+    # The path: sent at most every path_publish_period (2 s: ~every third pose here), the last
+    # message holding every published pose.
+    assert 2 <= len(paths) < 0.6 * len(poses)
+    assert [rc.stamp_to_ns(p.header.stamp) for p in paths[-1].poses] == sorted(poses)
     # The status reports the work and the backends.
     last = status[-1]
     assert last.frames_processed == N_FRAMES and last.renderer_backend and last.encoder_backend
@@ -128,7 +136,7 @@ def test_yaml_parameters_take_effect(ros_context, case, tmp_path):
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(path)])
     try:
-        nav, poses, _, _, _ = _run_bag(ctx, case, rate=0.5, pose_topic="/custom/pose")
+        nav, poses, _, _, _, _ = _run_bag(ctx, case, rate=0.5, pose_topic="/custom/pose")
         assert nav.pose_topic == "/custom/pose"
         assert nav.pipeline.tracker.pyramid == (20, 40)
         assert len(poses) > 0

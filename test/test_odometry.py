@@ -2,6 +2,8 @@
 tracker with both, on a real textured tube mesh (the encoder's ToyWorld) with exact depth targets."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -43,14 +45,14 @@ def _path(world, n: int, step: float = 0.5 * MM, roll: float = 0.01) -> list[Pos
 _FREQ = np.random.default_rng(7).normal(0, 1500.0, (6, 3))  # wall texture: ~4 mm wavelengths
 
 
-def _rgb(world, pose):
+def _rgb(world, pose, fine: float = 1.0):
     """The wall lit from the camera (1/d^2, Lambert) with a mucosa-like texture fixed to the wall
-    (ToyWorld's own texture is too faint to follow)."""
+    (ToyWorld's own texture is too faint to follow); ``fine`` divides its wavelengths."""
     hits = world.raycaster.cast(CAM, pose)
     rays = CAM.rays(np.float64)
     dist = np.maximum(hits.depth, 1e-4) * np.linalg.norm(rays, axis=-1)
     cos = np.abs((hits.normal_cam * rays / np.linalg.norm(rays, axis=-1, keepdims=True)).sum(-1))
-    tex = 1.0 + 0.12 * np.sin(hits.point_ct @ _FREQ.T).sum(-1)
+    tex = 1.0 + 0.12 * np.sin(hits.point_ct @ (fine * _FREQ).T).sum(-1)
     img = (0.1 + cos) * tex / (dist / 0.01) ** 2
     img[~hits.valid] = 0.0
     img = np.clip(img / np.percentile(img[hits.valid], 95) * 0.85, 0, 1) ** (1 / 2.2)
@@ -106,6 +108,31 @@ def test_odometry_keeps_its_reference_frame_and_measures_against_it(world, rende
         assert est.translation_error(poses[k]) < 0.15 * moved
         renewed.append(odo.update(to_gray(_rgb(world, poses[k])), CAM, poses[k], renderer))
     assert renewed == [False, False, True, False]
+
+
+def test_search_starts_at_constant_velocity_across_skipped_frames(world, renderer):
+    """A live camera outruns the tracker: after two frames 1/30 s apart the next processed one is
+    three frames later, rolled 0.24 rad (beyond Lucas-Kanade's reach on a fine texture). With the
+    frames' times the search starts where the last velocity puts the corners and the motion is
+    measured; without them (no velocity) the same frames are not."""
+    p0 = _path(world, 1)[0]
+    xi = np.array([0.1 * MM, 0.0, 0.4 * MM, 0.0, 0.0, 0.08])  # per frame
+    poses = [p0.retract(k * xi) for k in range(5)]
+    gray = [to_gray(_rgb(world, p, fine=3.0)) for p in poses]
+    errors = {}
+    for timed in (True, False):
+        stamp = (lambda k: k / 30.0) if timed else (lambda k: None)
+        odo = FrameOdometry(OdometryConfig(keyframe_frames=1))
+        odo.update(gray[0], CAM, poses[0], renderer)
+        assert odo.track(gray[0], CAM, stamp(0)) is not None  # (the reference itself: no motion)
+        odo.update(gray[0], CAM, poses[0], renderer)
+        assert odo.track(gray[1], CAM, stamp(1)) is not None
+        odo.update(gray[1], CAM, poses[1], renderer)
+        res = odo.track(gray[4], CAM, stamp(4))  # frames 2 and 3 skipped
+        errors[timed] = math.inf if res is None else (poses[1] @ res.motion).rotation_error(poses[4])
+    rolled = poses[1].rotation_error(poses[4])
+    assert errors[True] < 0.1 * rolled, errors
+    assert errors[False] > 0.5 * rolled, errors
 
 
 def test_corners_are_spread_over_the_image():

@@ -52,6 +52,37 @@ def test_index_retrieves_its_views(world):
         assert index.query(_embed(renderer, encoder, idx.poses[i]), k=1)[0] is idx.poses[i]
 
 
+def test_index_cache_round_trip(world, tmp_path, caplog):
+    """A built index is written to its cache file and a new LazyIndex with the same key loads it
+    (same poses and embeddings, no build); a damaged cache file is rebuilt, not trusted."""
+    import logging
+
+    from bronchopt_ros.relocalise import RelocalisationIndex, index_key
+
+    airway, renderer, encoder, index = world
+    cfg = RelocConfig(spacing=0.004, rolls=4)
+    key = index_key(airway, "test-encoder", CAM, cfg)
+    assert key != index_key(airway, "other-encoder", CAM, cfg)
+    assert key != index_key(airway, "test-encoder", CAM, RelocConfig(spacing=0.004, rolls=6))
+    path = tmp_path / f"reloc-{key}.npz"
+    index.warm().save(path)
+    loaded = LazyIndex(renderer, encoder, airway.centerline, CAM, cfg, cache=path)
+    got = loaded.warm()
+    assert loaded.loaded_from_cache and len(got) == len(index.warm())
+    assert torch.allclose(got.embeddings, index.warm().embeddings, atol=1e-6)  # re-normalised on load
+    assert np.allclose(got.poses[7].matrix, index.warm().poses[7].matrix)
+    emb = _embed(renderer, encoder, got.poses[7])
+    assert np.allclose(loaded.query(emb, k=1)[0].matrix, index.query(emb, k=1)[0].matrix)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match="not a relocalisation index"):
+        RelocalisationIndex.load(path)
+    rebuilt = LazyIndex(renderer, encoder, airway.centerline, CAM, cfg, cache=path)
+    with caplog.at_level(logging.WARNING, logger="bronchopt_ros.relocalise"):
+        assert len(rebuilt.warm()) == len(got) and not rebuilt.loaded_from_cache
+    assert "rebuilding" in caplog.text
+    assert len(RelocalisationIndex.load(path)) == len(got)  # rewritten whole
+
+
 def test_lost_tracker_relocalises_through_the_index(world):
     airway, renderer, encoder, index = world
     cl = airway.centerline

@@ -226,7 +226,10 @@ class BagEvent:
 
     @property
     def stamp_s(self) -> float:
-        return self.stamp_ns * 1e-9
+        """Seconds, computed as the node computes a header's (sec + 1e-9 nanosec), so offline and
+        node runs see bit-identical frame times (the odometry's velocity divides by their steps)."""
+        sec, nsec = divmod(int(self.stamp_ns), 1_000_000_000)
+        return float(sec) + 1e-9 * float(nsec)
 
 
 def _decode(topic: str, msgtype: str, raw: bytes, log_ns: int, decode_images: bool) -> BagEvent:

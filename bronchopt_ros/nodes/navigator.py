@@ -13,11 +13,12 @@ A frame replaced before it was processed is counted as dropped.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
-import traceback
 import time
+import traceback
 from collections import deque
 
 import numpy as np
@@ -134,6 +135,9 @@ class Navigator(Node):
         self.debug_every = p("debug_image_every", 5, "Publish the overlay every N processed frames (0 = never).",
                              (0, 1000))
         self.path_max = p("path_max_length", 5000, "Poses kept in the published path.", (10, 1000000))
+        self.path_period = p("path_publish_period", 0.5,
+                             "Seconds between path messages (a 5000-pose path costs ~15 ms to send; 0: every pose).",
+                             (0.0, 60.0))
         self.max_image_size = p("max_image_size", 256, "Longer image side kept for processing (px).", (32, 4096))
         pipe = PipelineConfig()
         self.pipeline = PipelineConfig(
@@ -145,6 +149,9 @@ class Navigator(Node):
             device=p("device", pipe.device, "Torch device: cpu or cuda."),
             relocalisation=p("relocalisation", pipe.relocalisation,
                              "Build the centerline view index (global embeddings) to relocalise when lost."),
+            relocalisation_cache=p("relocalisation_cache", "~/.cache/bronchopt",
+                                   "Directory keeping relocalisation indices (one file per airway and encoder; "
+                                   "a build takes ~35 s on 2 cores, loading ms). Empty: rebuild every start."),
             tracker=declare_dataclass(self, "tracker", TrackerConfig(), TRACKER_DOCS),
             odometry=declare_dataclass(self, "odometry", OdometryConfig(), ODOMETRY_DOCS))
 
@@ -169,8 +176,12 @@ class Navigator(Node):
         self.message = "waiting for the airway mesh"
         self.path = Path()
         self.path.header.frame_id = self.ct_frame
+        self._path_lock = threading.Lock()  # the worker appends, the timer may send
+        self._path_sent = -math.inf
+        self._path_dirty = False
         self._last_stamp = None
         self._last_log = {}
+        self._index_thread = None
 
         # ---- interfaces
         self.pose_pub = self.create_publisher(PoseStamped, self.pose_topic, 10)
@@ -249,6 +260,7 @@ class Navigator(Node):
             self._lock.notify()
 
     def _on_timer(self) -> None:
+        self._send_path()  # the last poses, when no frame came since
         if self._mesh_key is None and self.mesh_client.service_is_ready():
             fut = self.mesh_client.call_async(GetAirwayMesh.Request())
             fut.add_done_callback(self._on_mesh_response)
@@ -311,8 +323,8 @@ class Navigator(Node):
         self.airway = airway
         index = getattr(self.tracker.relocaliser, "index", None)
         if index is not None:  # build the relocalisation index now, beside the tracking
-            self._index_thread = threading.Thread(target=_warm_in_background, args=(index,), name="bronchopt-reloc-index",
-                                                  daemon=True)
+            self._index_thread = threading.Thread(target=_warm_in_background, args=(index, self.get_logger()),
+                                                  name="bronchopt-reloc-index", daemon=True)
             self._index_thread.start()
         self.get_logger().info(
             f"airway mesh: {len(airway.faces)} faces; renderer {self.tracker.renderer_backend}, "
@@ -338,8 +350,19 @@ class Navigator(Node):
         self.get_logger().info("auto-initialised at the top of the trachea")
 
     def _reset_path(self) -> None:
-        self.path = Path()
-        self.path.header.frame_id = self.ct_frame
+        with self._path_lock:
+            self.path = Path()
+            self.path.header.frame_id = self.ct_frame
+            self._path_dirty = True
+
+    def _send_path(self, force: bool = False) -> None:
+        """Publish the path if it changed and ``path_publish_period`` has passed (or ``force``)."""
+        now = time.monotonic()
+        with self._path_lock:
+            if self._path_dirty and (force or now - self._path_sent >= self.path_period):
+                self.path_pub.publish(self.path)
+                self._path_dirty = False
+                self._path_sent = now
 
     def _process(self, msg, arrival: float) -> None:
         if self.tracker is None:
@@ -381,11 +404,13 @@ class Navigator(Node):
             self.pose_pub.publish(ps)
             if self.publish_tf:
                 self.tf.send(rc.transform_stamped(res.pose, msg.header.stamp, self.ct_frame, self.camera_frame))
-            self.path.poses.append(ps)
-            if len(self.path.poses) > self.path_max:
-                del self.path.poses[: len(self.path.poses) - self.path_max]
-            self.path.header.stamp = msg.header.stamp
-            self.path_pub.publish(self.path)
+            with self._path_lock:
+                self.path.poses.append(ps)
+                if len(self.path.poses) > self.path_max:
+                    del self.path.poses[: len(self.path.poses) - self.path_max]
+                self.path.header.stamp = msg.header.stamp
+                self._path_dirty = True
+            self._send_path()
         now = time.monotonic()
         self.lat_proc.append(1e3 * (now - arrival))
         self.lat_img.append(1e3 * (rc.stamp_to_sec(self.get_clock().now().to_msg()) - stamp))
@@ -420,6 +445,14 @@ class Navigator(Node):
         s.message = self.message
         self.status_pub.publish(s)
 
+    def index_state(self) -> str:
+        """The relocalisation index: 'off', 'building' (tracking is slower meanwhile) or 'ready'."""
+        index = getattr(getattr(self.tracker, "relocaliser", None), "index", None)
+        if index is None:
+            return "off"
+        return "ready" if index.ready else ("building" if self._index_thread is not None and
+                                            self._index_thread.is_alive() else "not built")
+
     def rate_hz(self) -> float:
         if len(self.proc_times) < 2:
             return 0.0
@@ -435,7 +468,8 @@ class Navigator(Node):
         d.level = DiagnosticStatus.ERROR if lost else (DiagnosticStatus.WARN if waiting else DiagnosticStatus.OK)
         d.message = TrackState(self.state).name + (f": {self.message}" if self.message else "")
         lp = np.array(self.lat_proc) if self.lat_proc else np.zeros(1)
-        vals = dict(state=TrackState(self.state).name, rate_hz=f"{self.rate_hz():.1f}",
+        vals = dict(state=TrackState(self.state).name, relocalisation_index=self.index_state(),
+                    rate_hz=f"{self.rate_hz():.1f}",
                     latency_ms_p50=f"{np.percentile(lp, 50):.1f}", latency_ms_p95=f"{np.percentile(lp, 95):.1f}",
                     **{k: str(v) for k, v in self.counters.items()})
         d.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
@@ -464,14 +498,19 @@ class Navigator(Node):
         self._index_thread = None
 
 
-def _warm_in_background(index) -> None:
-    """Build the relocalisation index at the lowest CPU priority (Linux: per thread), so that it
-    never slows the tracking of the frames arriving meanwhile."""
+def _warm_in_background(index, logger) -> None:
+    """Load or build the relocalisation index, building at the lowest CPU priority (Linux: per
+    thread). A build still slows the tracking meanwhile (its Python share holds the GIL: ~1.5x the
+    frame time), hence the on-disk cache and the ``relocalisation_index`` diagnostic."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):  # not Linux / not permitted: build at normal priority
         pass
-    index.warm()
+    built = index.warm()
+    if built is not None:
+        how = f"loaded from {index.cache}" if index.loaded_from_cache else f"built in {built.build_s:.1f} s" + (
+            f", cached in {index.cache}" if index.cache is not None and index.cache.exists() else "")
+        logger.info(f"relocalisation index ready: {len(built)} views, {how}")
 
 
 def main(args=None) -> int:

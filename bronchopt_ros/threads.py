@@ -8,15 +8,33 @@ with the default pool next to a busy trainer. Entry points (the CLI, the nodes, 
 """
 from __future__ import annotations
 
-__all__ = ["limit_threads"]
+__all__ = ["limit_threads", "quick_gil_handoff"]
+
+#: Python's GIL switch interval for processes that run torch / OpenCV on several threads. A thread
+#: returning from a C call that released the GIL waits for it behind any thread running Python
+#: for up to the switch interval (default 5 ms); the encoder and the solver make hundreds of such
+#: calls a frame, so with the encoder on a second thread beside a busy publisher (the node's flood
+#: test) single frames took 1-2 s. At 0.2 ms the same test passes.
+SWITCH_INTERVAL_S = 2e-4
 
 _limiter = None
 
 
+def quick_gil_handoff(interval_s: float = SWITCH_INTERVAL_S) -> None:
+    """Lower the interpreter's GIL switch interval to ``interval_s`` (never raises it)."""
+    import sys
+
+    if sys.getswitchinterval() > interval_s:
+        sys.setswitchinterval(interval_s)
+
+
 def limit_threads(torch_threads: int | None = None, blas_threads: int = 1) -> None:
-    """Cap the BLAS/OpenMP pools at ``blas_threads`` and, when given, torch at ``torch_threads``."""
+    """Cap the BLAS/OpenMP pools at ``blas_threads`` and, when given, torch at ``torch_threads``;
+    hand the GIL over quickly (:func:`quick_gil_handoff`)."""
     global _limiter
     import os
+
+    quick_gil_handoff()
 
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(blas_threads))  # pools not loaded yet

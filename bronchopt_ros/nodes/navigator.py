@@ -86,8 +86,9 @@ TRACKER_DOCS = {
     "lost_below": ("Confidence below which a frame counts towards LOST.", (0.0, 1.0)),
     "lost_after": ("Consecutive low-confidence frames before LOST.", (1, 1000)),
     "recover_above": ("Confidence needed to return to TRACKING (hysteresis).", (0.0, 1.0)),
-    "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~17 % faster on "
-                 "2 idle cores, but single frames took 1-2 s under a flood of frames published in-process).", None),
+    "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
+                 "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
+                 "1-2 s under a flood of frames published in-process).", None),
     "threads": ("torch intra-op threads of the solver.", (1, 64)),
 }
 
@@ -99,6 +100,9 @@ ODOMETRY_DOCS = {
     "min_distance": ("Minimum distance between corners (px at 200 px wide).", (0.0, 50.0)),
     "window": ("Lucas-Kanade window (px).", (3, 101)),
     "levels": ("Lucas-Kanade pyramid levels.", (0, 6)),
+    "lk_iterations": ("Lucas-Kanade iterations per level, at most (stopped early it falls short of the motion).",
+                      (1, 1000)),
+    "lk_epsilon": ("... or until its update is below this (px).", (0.0, 1.0)),
     "fb_max_px": ("A corner whose forward-backward track disagrees by more than this (px) is dropped.", (0.0, 100.0)),
     "ransac_px": ("PnP-RANSAC inlier threshold (px).", (0.1, 20.0)),
     "min_inliers": ("Fewer PnP inliers than this: no odometry for the frame (the full solver runs).", (4, 1000)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
             if slot is None or slot.pending is None:
                 break
             ev, slot.pending = slot.pending, None
+            slot.taken_skipped = list(slot._recent)
         elif slot is not None and ev.kind == "image":
             ev = slot.offer(ev)
             if ev is None:
@@ -107,7 +109,14 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                 continue
             index = getattr(tracker.relocaliser, "index", None)
             was_ready = index is None or index.ready
-            res = tracker.process(frame)
+            skipped = []
+            n = tracker.wants_skipped() if slot is not None else 0
+            for old in slot.taken_skipped[-n:] if n else ():  # what the node keeps of the skipped frames
+                try:
+                    skipped.append(prepare_frame(old.data, camera, old.stamp_s))
+                except ValueError:
+                    pass
+            res = tracker.process(frame, skipped)
             if slot is not None:
                 slot.done(frame.stamp, res.time_s)
             if not was_ready and index.ready:
@@ -144,19 +153,24 @@ class _NewestFrameSlot:
     """The node's frame queue, replayed in bag time: one slot, the newest frame wins, the worker
     takes it when free. :meth:`offer` returns the frame the worker takes next (or None)."""
 
-    def __init__(self, cost_s: float):
+    def __init__(self, cost_s: float, keep_skipped: int = 8):
         self.cost_s = cost_s  # seconds the worker is busy per frame (0: the measured time)
         self.pending = None
         self.busy_until = -math.inf
         self.skipped = 0
+        self._recent: deque = deque(maxlen=keep_skipped)  # the last frames skipped since a take
+        self.taken_skipped: list = []  # ... those before the frame just taken (oldest first)
 
     def offer(self, ev):
         take = None
         if self.pending is not None:
             if self.busy_until <= ev.stamp_s:  # the worker got free before this frame arrived
                 take = self.pending
+                self.taken_skipped = list(self._recent)
+                self._recent.clear()
             else:
                 self.skipped += 1
+                self._recent.append(self.pending)
         self.pending = ev
         return take
 

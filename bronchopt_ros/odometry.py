@@ -22,6 +22,7 @@ the odometry's drift where it can and the odometry holds the pose where the CT c
     odo = FrameOdometry(OdometryConfig())
     res = odo.track(gray, camera, stamp)       # motion since the reference frame, or None
     odo.update(gray, camera, pose, renderer)   # after the frame (at its estimate): keep or renew the reference
+    odo.follow(gray, camera, stamp)            # a skipped frame: corners followed, no registration
 """
 from __future__ import annotations
 
@@ -182,6 +183,22 @@ class FrameOdometry:
         self._stamp = stamp
         self._age += 1
         return res
+
+    @property
+    def has_velocity(self) -> bool:
+        """Whether the next search can start from the camera's last velocity."""
+        return self._velocity is not None
+
+    def follow(self, gray: np.ndarray, camera: Camera, stamp: float | None = None) -> bool:
+        """Follow the corners through a frame that is not registered (one the tracker skipped), so
+        the next step is short and a velocity is known. On failure nothing changes (False)."""
+        if self._gray is None:
+            return False
+        keep = (self._last, self._age, self._velocity, self._stamp)
+        if self.track(gray, camera, stamp) is None:
+            self._last, self._age, self._velocity, self._stamp = keep
+            return False
+        return True
 
     def _predicted_step(self, dt: float | None) -> Pose | None:
         """The camera's motion since the last frame at constant velocity, or None (no velocity)."""

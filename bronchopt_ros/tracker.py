@@ -15,7 +15,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -108,6 +108,12 @@ class TrackerConfig:
     # set when the thread starts): at Python's default 5 ms, with frames published into the node's
     # own process at 4x its rate (the flood test), single frames took 1-2 s.
     parallel: bool = True
+    # A live camera outruns the tracker, and after a slow frame (a (re)initialisation: ~110 ms, 3-4
+    # frames) the next step is long while the odometry knows no velocity yet: its LK then loses
+    # the corners or the roll (test procedure 3100 at the camera's rate: 0.2-0.3 rad of roll lost
+    # at once). Then the corners are followed through up to this many of the skipped frames first
+    # (odometry only, ~10 ms each). 0: never.
+    catch_up: int = 4
 
     def reg_config(self, init: bool = False) -> DepthRegConfig:
         """The depth solver's settings when tracking, or (``init``) when starting further away."""
@@ -208,14 +214,25 @@ class Tracker:
         delta = self.prev_pose.inv() @ self.pose
         return self.pose.retract(self.config.motion_damping * delta.log())
 
-    def process(self, frame: Frame) -> TrackResult:
-        """Register ``frame``; returns the result (state INITIALISING if never initialised)."""
+    def wants_skipped(self) -> int:
+        """How many of the frames skipped before the next one :meth:`process` would follow
+        (``catch_up`` while the odometry knows no velocity, else 0)."""
+        cfg = self.config
+        if not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.odometry.has_velocity:
+            return 0
+        return cfg.catch_up
+
+    def process(self, frame: Frame, skipped: Sequence[Frame] = ()) -> TrackResult:
+        """Register ``frame``; returns the result (state INITIALISING if never initialised).
+        ``skipped``: the frames since the last processed one that were not processed (oldest
+        first); the odometry follows the last :meth:`wants_skipped` of them first."""
         t0 = time.perf_counter()
         if self.last_stamp is not None and frame.stamp < self.last_stamp:
             # Time went backwards (a bag looped): the motion model is meaningless now.
             self.prev_pose = None
             self._trusted_stamp = None
             self.odometry.reset()
+        since = self.last_stamp if self.last_stamp is not None else -math.inf
         self.last_stamp = frame.stamp
         if self.pose is None:
             return TrackResult(frame.stamp, None, TrackState.INITIALISING, 0.0, 0.0, math.inf, 0,
@@ -227,6 +244,11 @@ class Tracker:
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
         if self._pending_init is None and gray is not None:
+            n = self.wants_skipped()
+            between = [f for f in skipped if since < f.stamp < frame.stamp]
+            for f in between[-n:] if n else ():
+                if not self.odometry.follow(to_gray(f.rgb), f.camera, f.stamp):
+                    break
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
         target = pending.result() if pending is not None else self.predictor(frame)
         if self._pending_init is not None:

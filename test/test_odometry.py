@@ -135,6 +135,35 @@ def test_search_starts_at_constant_velocity_across_skipped_frames(world, rendere
     assert errors[False] > 0.5 * rolled, errors
 
 
+def test_skipped_frames_are_followed_when_no_velocity_is_known(world, renderer):
+    """After a (re)initialisation the odometry knows no velocity; the next processed frame is four
+    frames on, rolled 0.32 rad. Following the corners through the three skipped frames first
+    (``follow``) measures it; the direct step does not. A frame that cannot be followed (noise)
+    changes nothing."""
+    p0 = _path(world, 1)[0]
+    xi = np.array([0.1 * MM, 0.0, 0.4 * MM, 0.0, 0.0, 0.08])
+    poses = [p0.retract(k * xi) for k in range(5)]
+    gray = [to_gray(_rgb(world, p, fine=3.0)) for p in poses]
+    errors = {}
+    for catch_up in (True, False):
+        odo = FrameOdometry(OdometryConfig(keyframe_frames=5))
+        odo.keyframe(gray[0], CAM, poses[0], renderer)
+        assert not odo.has_velocity
+        if catch_up:
+            noise = np.random.default_rng(2).integers(0, 255, gray[0].shape, dtype=np.uint8)
+            state = (odo._age, odo._last, odo._alive.copy(), odo._guess.copy())
+            assert not odo.follow(noise, CAM, 0.5 / 30)  # refused: nothing changed
+            assert state[:2] == (odo._age, odo._last) and np.array_equal(state[2], odo._alive)
+            assert np.array_equal(state[3], odo._guess)
+            assert all(odo.follow(gray[k], CAM, k / 30.0) for k in (1, 2, 3))
+            assert odo.has_velocity
+        res = odo.track(gray[4], CAM, 4 / 30.0)
+        errors[catch_up] = math.inf if res is None else (poses[0] @ res.motion).rotation_error(poses[4])
+    rolled = poses[0].rotation_error(poses[4])
+    assert errors[True] < 0.1 * rolled, errors
+    assert errors[False] > 0.5 * rolled, errors
+
+
 def test_corners_are_spread_over_the_image():
     """A frame with one high-contrast patch and faint texture elsewhere: plain Shi-Tomasi puts
     (nearly) every corner on the patch; the grid takes an equal share from every cell."""

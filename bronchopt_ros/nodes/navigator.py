@@ -90,6 +90,9 @@ TRACKER_DOCS = {
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
                  "1-2 s under a flood of frames published in-process).", None),
     "threads": ("torch intra-op threads of the solver.", (1, 64)),
+    "catch_up": ("While the odometry knows no velocity (after a (re)initialisation or a failure), it first "
+                 "follows the corners through up to this many of the frames skipped since the last processed "
+                 "one, so a slow frame does not leave a long step (0: never).", (0, 8)),
 }
 
 ODOMETRY_DOCS = {
@@ -163,6 +166,7 @@ class Navigator(Node):
         self._lock = threading.Condition()
         self._frame_msg = None
         self._frame_arrival = 0.0
+        self._skipped_msgs: deque = deque(maxlen=8)  # the last frames dropped since the worker took one
         self._camera: Camera | None = None
         self._camera_error = ""
         self._mesh_msg = None
@@ -219,6 +223,7 @@ class Navigator(Node):
         with self._lock:
             if self._frame_msg is not None:
                 self.counters["dropped"] += 1
+                self._skipped_msgs.append(self._frame_msg)  # (the odometry may follow it: tracker.catch_up)
             self._frame_msg = msg
             self._frame_arrival = time.monotonic()
             self._lock.notify()
@@ -296,6 +301,9 @@ class Navigator(Node):
                 init_pose, self._init_pose = self._init_pose, None
                 frame_msg, self._frame_msg = self._frame_msg, None
                 arrival = self._frame_arrival
+                skipped_msgs = list(self._skipped_msgs) if frame_msg is not None else []
+                if frame_msg is not None:
+                    self._skipped_msgs.clear()
             try:
                 if mesh_msg is not None:
                     self._load_mesh(mesh_msg)
@@ -305,7 +313,7 @@ class Navigator(Node):
                 elif init_pose is not None:
                     self._pending_init = init_pose
                 if frame_msg is not None:
-                    self._process(frame_msg, arrival)
+                    self._process(frame_msg, arrival, skipped_msgs)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self.counters["rejected"] += 1
                 self._throttled("worker", f"frame processing failed: {type(exc).__name__}: {exc}\n"
@@ -368,7 +376,7 @@ class Navigator(Node):
                 self._path_dirty = False
                 self._path_sent = now
 
-    def _process(self, msg, arrival: float) -> None:
+    def _process(self, msg, arrival: float, skipped_msgs=()) -> None:
         if self.tracker is None:
             self.counters["dropped"] += 1
             return
@@ -398,7 +406,15 @@ class Navigator(Node):
             self.counters["dropped"] += 1
             self._publish_status(None)
             return
-        res = self.tracker.process(frame)
+        skipped = []
+        n = self.tracker.wants_skipped()
+        for old in list(skipped_msgs)[-n:] if n else ():  # converted only when the tracker follows them
+            try:
+                skipped.append(prepare_frame(msg_to_rgb8(old), self._camera, rc.stamp_to_sec(old.header.stamp),
+                                             self.max_image_size))
+            except (ImageConversionError, ValueError):
+                pass  # a broken one among them is simply not followed
+        res = self.tracker.process(frame, skipped)
         self.counters["processed"] += 1
         self.state = res.state
         self.message = ""

@@ -110,12 +110,13 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
             index = getattr(tracker.relocaliser, "index", None)
             was_ready = index is None or index.ready
             skipped = []
-            n = tracker.wants_skipped() if slot is not None else 0
-            for old in slot.taken_skipped[-n:] if n else ():  # what the node keeps of the skipped frames
-                try:
-                    skipped.append(prepare_frame(old.data, camera, old.stamp_s))
-                except ValueError:
-                    pass
+            if slot is not None:  # the node keeps the last skipped frames; the odometry may follow some
+                kept = slot.taken_skipped
+                for i in tracker.select_skipped([e.stamp_s for e in kept], ev.stamp_s):
+                    try:
+                        skipped.append(prepare_frame(kept[i].data, camera, kept[i].stamp_s))
+                    except ValueError:
+                        pass
             res = tracker.process(frame, skipped)
             if slot is not None:
                 slot.done(frame.stamp, res.time_s)

@@ -137,12 +137,15 @@ class FrameOdometry:
         self._last: OdometryResult | None = None  # the last frame's result (None: failed or none yet)
         self._corners = 0  # corners the reference started with
 
-    def keyframe(self, gray: np.ndarray, camera: Camera, pose: Pose, renderer) -> int:
-        """Make ``gray`` (seen by ``camera`` at ``pose``) the reference; returns the usable corners."""
+    def keyframe(self, gray: np.ndarray, camera: Camera, pose: Pose, renderer, stamp: float | None = None) -> int:
+        """Make ``gray`` (seen by ``camera`` at ``pose``, at time ``stamp``) the reference; returns
+        the usable corners."""
         c = self.config
         scale = max(camera.width, camera.height) / 200.0
         uv = detect_corners(gray, c.max_corners, c.grid, c.quality, c.min_distance * scale)
         self._clear_reference()  # (the velocity is the camera's: kept)
+        if stamp is not None:  # the next frame's step is timed from this one
+            self._stamp = stamp
         if uv is None or len(uv) < c.min_inliers:
             return 0
         uv = uv.reshape(-1, 2).astype(np.float64)
@@ -158,14 +161,23 @@ class FrameOdometry:
         self._alive = np.ones(len(uv), bool)
         return len(uv)
 
-    def update(self, gray: np.ndarray, camera: Camera, pose: Pose, renderer) -> bool:
+    def due(self) -> bool:
+        """Whether the reference should be renewed: none, the last frame failed, it is
+        ``keyframe_frames`` old or fewer than ``keyframe_keep`` of its corners are followed."""
+        c, last = self.config, self._last
+        return (self._gray is None or last is None or self._age >= c.keyframe_frames
+                or last.tracked < c.keyframe_keep * self._corners)
+
+    @property
+    def last(self) -> OdometryResult | None:
+        """The last frame's result (None: it failed, or none since the reference)."""
+        return self._last
+
+    def update(self, gray: np.ndarray, camera: Camera, pose: Pose, renderer, stamp: float | None = None) -> bool:
         """After a frame (``gray`` at its estimate ``pose``): keep the reference while it is young
         and still well tracked, else make this frame the new one. Returns True on a new reference."""
-        c = self.config
-        last = self._last
-        if (self._gray is None or last is None or self._age >= c.keyframe_frames
-                or last.tracked < c.keyframe_keep * self._corners):
-            self.keyframe(gray, camera, pose, renderer)
+        if self.due():
+            self.keyframe(gray, camera, pose, renderer, stamp)
             return True
         return False
 

@@ -112,8 +112,11 @@ class TrackerConfig:
     # frames) the next step is long while the odometry knows no velocity yet: its LK then loses
     # the corners or the roll (test procedure 3100 at the camera's rate: 0.2-0.3 rad of roll lost
     # at once). Then the corners are followed through up to this many of the skipped frames first
-    # (odometry only, ~10 ms each). 0: never.
+    # (odometry only, ~10 ms each), evenly spread over the gap; also when the gap is longer than
+    # catch_up_gap_s (a stall of the video: with the graph in several processes the images stopped
+    # arriving for ~300 ms early in every run). 0: never.
     catch_up: int = 4
+    catch_up_gap_s: float = 0.1
 
     def reg_config(self, init: bool = False) -> DepthRegConfig:
         """The depth solver's settings when tracking, or (``init``) when starting further away."""
@@ -214,18 +217,23 @@ class Tracker:
         delta = self.prev_pose.inv() @ self.pose
         return self.pose.retract(self.config.motion_damping * delta.log())
 
-    def wants_skipped(self) -> int:
-        """How many of the frames skipped before the next one :meth:`process` would follow
-        (``catch_up`` while the odometry knows no velocity, else 0)."""
+    def select_skipped(self, stamps: Sequence[float], stamp: float) -> list[int]:
+        """Which of the frames skipped since the last processed one (their ``stamps``) the odometry
+        should follow before the frame at ``stamp``: none while it knows the velocity and the gap
+        is at most ``catch_up_gap_s``; else up to ``catch_up`` of them, evenly spread (indices)."""
         cfg = self.config
-        if not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.odometry.has_velocity:
-            return 0
-        return cfg.catch_up
+        if (not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.last_stamp is None
+                or (self.odometry.has_velocity and stamp - self.last_stamp <= cfg.catch_up_gap_s)):
+            return []
+        idx = [i for i, t in enumerate(stamps) if self.last_stamp < t < stamp]
+        if len(idx) > cfg.catch_up:
+            idx = [idx[k] for k in sorted(set(np.round(np.linspace(0, len(idx) - 1, cfg.catch_up)).astype(int)))]
+        return idx
 
     def process(self, frame: Frame, skipped: Sequence[Frame] = ()) -> TrackResult:
         """Register ``frame``; returns the result (state INITIALISING if never initialised).
-        ``skipped``: the frames since the last processed one that were not processed (oldest
-        first); the odometry follows the last :meth:`wants_skipped` of them first."""
+        ``skipped``: frames since the last processed one that were not processed (oldest first,
+        as chosen by :meth:`select_skipped`); the odometry follows them first."""
         t0 = time.perf_counter()
         if self.last_stamp is not None and frame.stamp < self.last_stamp:
             # Time went backwards (a bag looped): the motion model is meaningless now.
@@ -243,12 +251,17 @@ class Tracker:
         pending = self._pool().submit(self.predictor, frame) if cfg.parallel else None
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
+        # The odometry's reference frame seen from the last processed frame.
+        offset = Pose.identity() if self._odo_last is None else self._odo_last.motion.inv()
         if self._pending_init is None and gray is not None:
-            n = self.wants_skipped()
-            between = [f for f in skipped if since < f.stamp < frame.stamp]
-            for f in between[-n:] if n else ():
-                if not self.odometry.follow(to_gray(f.rgb), f.camera, f.stamp):
+            for f in [f for f in skipped if since < f.stamp < frame.stamp]:
+                g = to_gray(f.rgb)
+                if not self.odometry.follow(g, f.camera, f.stamp):
                     break
+                if self.odometry.due():  # a new reference on the way: over a long gap the corners die out
+                    offset = offset @ self.odometry.last.motion
+                    if not self.odometry.keyframe(g, f.camera, self.pose @ offset, self.renderer, f.stamp):
+                        break
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
         target = pending.result() if pending is not None else self.predictor(frame)
         if self._pending_init is not None:
@@ -259,11 +272,9 @@ class Tracker:
         else:
             pred, prior = self.predict(frame.stamp), None
             if motion is not None:
-                # The step since the last frame, both measured against the same reference frame,
-                # applied to the last estimate (so the registration's corrections are kept).
-                last = self._odo_last
-                step = motion.motion if last is None or motion.age == 0 else last.motion.inv() @ motion.motion
-                pred = self.pose @ step
+                # The step since the last frame (through the reference frame), applied to the last
+                # estimate (so the registration's corrections are kept).
+                pred = self.pose @ offset @ motion.motion
                 self.odometry_frames += 1
                 if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
                     prior = PosePrior(pred, cfg.prior_sigma_m, cfg.prior_sigma_rad, cfg.prior_sigma_roll or None)
@@ -308,7 +319,7 @@ class Tracker:
         if gray is not None:
             # This frame is the odometry's reference for the next one, seen from the pose the
             # next frame starts from.
-            if self.odometry.update(gray, frame.camera, self.pose, self.renderer):
+            if self.odometry.update(gray, frame.camera, self.pose, self.renderer, frame.stamp):
                 self._odo_last = None
             else:
                 self._odo_last = motion

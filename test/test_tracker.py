@@ -231,3 +231,25 @@ def test_lost_search_is_spread_over_frames(renderer):
     assert all(len(t) <= 6 for t in tried)
     seen = set().union(*map(set, tried))
     assert wide <= seen  # every start of the wide search was tried within the LOST frames
+
+
+def test_skipped_frames_are_chosen_only_when_needed_and_spread_over_the_gap(renderer):
+    """``select_skipped``: nothing while initialising or with a known velocity over a short gap;
+    after a (re)initialisation (no velocity) or over a gap beyond catch_up_gap_s, up to catch_up
+    of the skipped frames, evenly spread, only those between the two processed frames."""
+    cfg = TrackerConfig(catch_up=4, catch_up_gap_s=0.1)
+    tracker = Tracker(renderer, lambda f: None, cfg)
+    tracker.initialise(Pose.identity())
+    stamps = [k / 30.0 for k in range(1, 11)]  # frames 1..10 skipped
+    assert tracker.select_skipped(stamps, 11 / 30.0) == []  # the init frame itself is next
+    tracker._pending_init = None
+    tracker.last_stamp = 0.0  # frame 0 processed; the odometry knows no velocity yet
+    assert tracker.select_skipped(stamps[:2], 3 / 30.0) == [0, 1]
+    assert tracker.select_skipped(stamps, 11 / 30.0) == [0, 3, 6, 9]  # evenly spread, both ends
+    assert tracker.select_skipped(stamps, 5 / 30.0) == [0, 1, 2, 3]  # only those before the frame
+    tracker.odometry._velocity = np.zeros(6)  # a velocity is known
+    assert tracker.select_skipped(stamps[:1], 2 / 30.0) == []  # a short gap: the velocity will do
+    assert tracker.select_skipped(stamps, 11 / 30.0) == [0, 3, 6, 9]  # a stall of 0.37 s: follow
+    off = Tracker(renderer, lambda f: None, TrackerConfig(catch_up=0))
+    off.last_stamp = 0.0  # no velocity either: still nothing when switched off
+    assert off.select_skipped(stamps, 11 / 30.0) == []

@@ -90,9 +90,11 @@ TRACKER_DOCS = {
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
                  "1-2 s under a flood of frames published in-process).", None),
     "threads": ("torch intra-op threads of the solver.", (1, 64)),
-    "catch_up": ("While the odometry knows no velocity (after a (re)initialisation or a failure), it first "
-                 "follows the corners through up to this many of the frames skipped since the last processed "
-                 "one, so a slow frame does not leave a long step (0: never).", (0, 8)),
+    "catch_up": ("While the odometry knows no velocity (after a (re)initialisation or a failure), or after a gap "
+                 "longer than catch_up_gap_s, it first follows the corners through up to this many of the frames "
+                 "skipped since the last processed one, evenly spread (0: never).", (0, 8)),
+    "catch_up_gap_s": ("... a gap (s) between processed frames beyond which the skipped frames are followed even "
+                       "with a known velocity.", (0.0, 10.0)),
 }
 
 ODOMETRY_DOCS = {
@@ -407,8 +409,9 @@ class Navigator(Node):
             self._publish_status(None)
             return
         skipped = []
-        n = self.tracker.wants_skipped()
-        for old in list(skipped_msgs)[-n:] if n else ():  # converted only when the tracker follows them
+        kept = list(skipped_msgs)
+        for i in self.tracker.select_skipped([rc.stamp_to_sec(m.header.stamp) for m in kept], stamp):
+            old = kept[i]  # converted only when the tracker follows it
             try:
                 skipped.append(prepare_frame(msg_to_rgb8(old), self._camera, rc.stamp_to_sec(old.header.stamp),
                                              self.max_image_size))

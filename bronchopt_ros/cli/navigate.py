@@ -67,6 +67,13 @@ class ResultCollector:
 
         from diagnostic_msgs.msg import DiagnosticArray
 
+        from ..io import ros_convert
+
+        # Imported here, before the bag plays: imported at the first pose (it loads torch, ~250 ms
+        # holding the import lock and the GIL) it stalled the player thread of this process, and
+        # with the nodes in other processes the images stopped reaching the navigator for 250-340
+        # ms half a second into every bag.
+        self._rc = ros_convert
         self.poses: dict[int, object] = {}
         self.status = None
         self.index_state = ""
@@ -78,8 +85,7 @@ class ResultCollector:
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def _on_pose(self, msg) -> None:
-        from ..io import ros_convert as rc
-
+        rc = self._rc
         with self.lock:
             self.poses[rc.stamp_to_ns(msg.header.stamp)] = rc.pose_from_msg(msg)
 

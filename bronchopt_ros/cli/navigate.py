@@ -78,6 +78,7 @@ class ResultCollector:
         self.status = None
         self.index_state = ""
         self.progress: list[tuple[float, int]] = []  # (time, frames processed) when the count grew
+        self.latency_ms: list[float] = []  # receive-to-pose latency of each processed frame
         self.states: list[int] = []
         self.lock = threading.Lock()
         node.create_subscription(PoseStamped, "/bronchopt/pose", self._on_pose, 100)
@@ -99,8 +100,10 @@ class ResultCollector:
         with self.lock:
             self.status = msg
             self.states.append(msg.state)
-            if not self.progress or msg.frames_processed > self.progress[-1][1]:
+            # (from the first processed frame: the idle status before the bag plays says 0)
+            if msg.frames_processed > 0 and (not self.progress or msg.frames_processed > self.progress[-1][1]):
                 self.progress.append((time.monotonic(), int(msg.frames_processed)))
+                self.latency_ms.append(float(msg.processing_latency_ms))
 
     def processed_fps(self) -> float:
         """Frames processed per second between the first and the last processed frame."""
@@ -131,6 +134,9 @@ def _score(case: Path, collector: ResultCollector) -> dict:
         out.update(frames_processed=st.frames_processed, frames_dropped=st.frames_dropped,
                    frames_rejected=st.frames_rejected, renderer=st.renderer_backend, encoder=st.encoder_backend)
         out["processed_fps"] = collector.processed_fps()
+    if collector.latency_ms:
+        lat = np.asarray(collector.latency_ms)
+        out["latency_ms_p50"], out["latency_ms_p95"] = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
     return out
 
 
@@ -168,7 +174,6 @@ def run(args: argparse.Namespace) -> int:
             for o in over:
                 cmd += ["-p", o]
             procs.append(subprocess.Popen(cmd))
-        nav = None
     else:
         from ..nodes.airway_server import AirwayServer
         from ..nodes.navigator import Navigator
@@ -221,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"navigate: {player.stats.error}")
             if case is not None and (case / "truth.tum").exists():
                 scores = _score(case, collector)
-                _print_scores(scores, nav)
+                _print_scores(scores)
                 out = Path(args.out)
                 out.mkdir(parents=True, exist_ok=True)
                 (out / "navigate_metrics.json").write_text(json.dumps(scores, indent=2, default=float))
@@ -248,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     return rc_
 
 
-def _print_scores(s: dict, nav) -> None:
+def _print_scores(s: dict) -> None:
     print("\n=== bronchopt navigate: synthetic procedure through the ROS graph ===")
     if "trans_err_mm_mean" in s:
         print(f"poses published      {s['poses_published']} of {s['frames_in_bag']} frames")
@@ -260,8 +265,6 @@ def _print_scores(s: dict, nav) -> None:
     if "frames_processed" in s:
         print(f"frames processed     {s['frames_processed']} (dropped {s['frames_dropped']}, "
               f"rejected {s['frames_rejected']}), {s['processed_fps']:.1f} processed frames/s")
-    if nav is not None and nav.lat_proc:
-        lp = np.array(nav.lat_proc)
-        print(f"latency (receive->pose) p50 {np.percentile(lp, 50):.1f} ms, p95 {np.percentile(lp, 95):.1f} ms")
-        s["latency_ms_p50"], s["latency_ms_p95"] = float(np.percentile(lp, 50)), float(np.percentile(lp, 95))
+    if "latency_ms_p50" in s:
+        print(f"latency (receive->pose) p50 {s['latency_ms_p50']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms")
     print(f"backends             renderer {s.get('renderer', '?')}, encoder {s.get('encoder', '?')}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import math
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
@@ -113,10 +114,20 @@ class TrackerConfig:
     # the corners or the roll (test procedure 3100 at the camera's rate: 0.2-0.3 rad of roll lost
     # at once). Then the corners are followed through up to this many of the skipped frames first
     # (odometry only, ~10 ms each), evenly spread over the gap; also when the gap is longer than
-    # catch_up_gap_s (a stall of the video: with the graph in several processes the images stopped
-    # arriving for ~300 ms early in every run). 0: never.
+    # catch_up_gap_s (a stall of the video). 0: never.
     catch_up: int = 4
     catch_up_gap_s: float = 0.1
+    # Receive-to-pose latency budget of a live camera's frames (the node's queue, and eval --realtime
+    # which replays it): when the worker gets free and the newest frame has waited so long that its
+    # wait plus the recent processing time (median of the last frames) would pass the budget, while
+    # the next frame, due within one camera period, would not, the worker lets the old one go and
+    # waits for the next. Tracking only; never when the camera's period is longer than the budget
+    # (its next frame is too far off to wait for), nor when a frame takes so long that waiting would
+    # skip every second frame (2 x frame time - period > budget; at 47 ms a frame that halved the
+    # frames processed and lost the roll on a test procedure: 0.129 rad against 0.076). A
+    # worker busier than the camera otherwise takes frames up to one processing time old (p95 in the
+    # node ~67 ms at ~35 ms a frame). 0: always take the newest frame at once.
+    latency_budget_s: float = 0.05
 
     def reg_config(self, init: bool = False) -> DepthRegConfig:
         """The depth solver's settings when tracking, or (``init``) when starting further away."""
@@ -190,6 +201,7 @@ class Tracker:
         self.odometry = FrameOdometry(self.odometry_config)
         self._odo_last = None
         self.odometry_frames = 0  # frames whose prediction came from the odometry
+        self._tracking_times: deque = deque(maxlen=15)  # seconds a frame took, of the last tracked ones
 
     def initialise(self, pose: Pose, covariance: np.ndarray | None = None) -> None:
         """(Re)initialise at ``pose`` (e.g. from /initialpose); the next frame starts from it with
@@ -230,6 +242,28 @@ class Tracker:
             idx = [idx[k] for k in sorted(set(np.round(np.linspace(0, len(idx) - 1, cfg.catch_up)).astype(int)))]
         return idx
 
+    def wait_for_newer(self, waited_s: float, period_s: float, busy_s: float | None = None) -> float:
+        """Seconds the worker, free now, should wait for a newer frame instead of taking the newest
+        one, which has waited ``waited_s`` (0: take it now); ``period_s``: the camera's frame period.
+        Only while TRACKING, with a camera period within the budget and a frame time ``busy_s`` (by
+        default the median of the last tracked frames) for which ``2 busy - period`` is within it,
+        when the frame would miss ``latency_budget_s`` (its wait plus ``busy_s``) and the next one,
+        due in ``period_s - waited_s``, would meet it. The wait includes a quarter period of slack; if no
+        frame comes, the old one is taken."""
+        budget = self.config.latency_budget_s
+        if busy_s is None:
+            busy_s = float(np.median(self._tracking_times)) if len(self._tracking_times) >= 3 else math.inf
+        if budget <= 0 or not 0 < period_s <= budget or self.state != TrackState.TRACKING:
+            return 0.0  # (a camera slower than the budget: its next frame is too far off to wait for)
+        if 2 * busy_s - period_s > budget:
+            # Even the frame after a fresh one, which waits busy - period, would miss the budget:
+            # waiting would halve the frames processed (every second one); a frame slower than the
+            # budget cannot meet it anyway.
+            return 0.0
+        if waited_s + busy_s <= budget or waited_s >= period_s:
+            return 0.0
+        return period_s - waited_s + 0.25 * period_s
+
     def process(self, frame: Frame, skipped: Sequence[Frame] = ()) -> TrackResult:
         """Register ``frame``; returns the result (state INITIALISING if never initialised).
         ``skipped``: frames since the last processed one that were not processed (oldest first,
@@ -264,6 +298,7 @@ class Tracker:
                         break
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
         target = pending.result() if pending is not None else self.predictor(frame)
+        steady = self._pending_init is None  # (an initialisation or a search is not what a frame costs)
         if self._pending_init is not None:
             sig = self._init_sigmas
             prior = PosePrior(self._pending_init, *sig) if sig is not None else None
@@ -300,6 +335,7 @@ class Tracker:
                 wide = [c for c in wide if np.linalg.norm(c.t - self.pose.t) <= reach]
                 reloc = [c for c in reloc if np.linalg.norm(c.t - self.pose.t) <= reach]
             cands = reloc + self._budgeted(wide, cfg.search_budget - len(reloc))
+            steady = False
             if cands:
                 rr = self._register(frame, target, cands, keep=3, init=True)
                 rconf = self.confidence(rr)
@@ -324,8 +360,11 @@ class Tracker:
             else:
                 self._odo_last = motion
         sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
+        elapsed = time.perf_counter() - t0
+        if steady:
+            self._tracking_times.append(elapsed)
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
-                           time.perf_counter() - t0, reg.valid_fraction, relocalised, odo_inliers, innovation)
+                           elapsed, reg.valid_fraction, relocalised, odo_inliers, innovation)
 
     def _budgeted(self, starts: list[Pose], budget: int) -> list[Pose]:
         """At most ``budget`` (>= 2) of the wide search's starts for this frame, the next ones in turn

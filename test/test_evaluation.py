@@ -3,12 +3,15 @@ metrics.json keys, plots), and its errors against an independent computation wit
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bronchopt_ros.cli import main
 from bronchopt_ros.io.tum import read_tum
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONTRACT_KEYS = ("trans_err_mm_mean", "trans_err_mm_median", "rot_err_rad_mean", "rot_err_deg_mean", "success_rate",
                  "frames", "fps_mean", "latency_ms_p50", "latency_ms_p95", "lost_frames")
@@ -98,25 +101,64 @@ def test_lost_stretches_and_recoveries_are_counted():
     assert m["recovery_s_mean"] == pytest.approx(0.2) and m["longest_lost_s"] == pytest.approx(0.2)
 
 
-def test_realtime_replay_skips_the_frames_a_busy_tracker_misses(evaluated, tmp_path):
-    """``--realtime 0.047``: a tracker busy 47 ms a frame behind a 30 frames/s camera takes the
-    newest frame whenever it gets free. The processed stamps equal those of an event-by-event
-    simulation of that worker (written independently here)."""
+def _simulated_worker(stamps, cost, budget):
+    """An event-by-event simulation of the node's worker (written independently of the code): busy
+    ``cost`` s a frame; when free it takes the newest frame that has arrived (else the next to
+    arrive) - unless that one has waited so long it would miss ``budget`` (wait + cost) while the
+    next, due within one period, would not, and waiting does not skip every second frame (2 cost -
+    period within the budget): then it waits for the next (up to a quarter period late) and takes
+    that one at its arrival. Returns the processed indices and their latencies."""
+    period = float(np.median(np.diff(stamps)))
+    taken, latency, free, last = [], [], -1.0, -1
+    while True:
+        arrived = [i for i in range(len(stamps)) if stamps[i] <= free and i > last]
+        if not arrived:
+            nxt = last + 1
+            if nxt >= len(stamps):
+                break
+            start = stamps[nxt]
+        else:
+            nxt, start = arrived[-1], free
+            waited = free - stamps[nxt]
+            if budget > 0 and taken and 2 * cost - period <= budget and waited + cost > budget and waited < period:
+                give_up = free + period - waited + 0.25 * period
+                later = [i for i in range(nxt + 1, len(stamps)) if stamps[i] <= give_up]
+                if later:
+                    nxt, start = later[0], stamps[later[0]]
+                else:
+                    start = give_up
+        taken.append(nxt)
+        latency.append(start - stamps[nxt] + cost)
+        free, last = start + cost, nxt
+    return taken, np.array(latency)
+
+
+@pytest.mark.parametrize("cost,budget", [(0.047, 0.0), (0.047, 0.05), (0.038, 0.05)])
+def test_realtime_replay_skips_the_frames_a_busy_tracker_misses(evaluated, tmp_path, cost, budget):
+    """``--realtime COST``: a tracker busy 38-47 ms a frame behind a 30 frames/s camera takes the
+    newest frame whenever it gets free, or, with a 50 ms latency budget, waits for the next one
+    when the newest would miss it (not at 47 ms: it would take only every second frame). The
+    processed stamps and the latencies equal those of an independent event-by-event simulation of
+    that worker; the budget bounds the latency."""
+    import yaml
+
     case, _ = evaluated
+    cfg = yaml.safe_load((ROOT / "config" / "navigator.yaml").read_text())
+    cfg["navigator"]["ros__parameters"]["tracker"]["latency_budget_s"] = budget
+    (tmp_path / "nav.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "rt"
-    assert main(["eval", str(case), "--out", str(out), "--quiet", "--no-plots", "--realtime", "0.047"]) == 0
+    assert main(["eval", str(case), "--out", str(out), "--quiet", "--no-plots", "--realtime", str(cost),
+                 "--config", str(tmp_path / "nav.yaml")]) == 0
     m = json.loads((out / "metrics.json").read_text())
     stamps, _ = read_tum(case / "truth.tum")
-    expected, free, last = [], -1.0, -1
-    while True:  # the worker: when free, the newest frame that has arrived, else the next to arrive
-        arrived = [i for i in range(len(stamps)) if stamps[i] <= free and i > last]
-        nxt = arrived[-1] if arrived else last + 1
-        if nxt >= len(stamps):
-            break
-        free = max(free, stamps[nxt]) + 0.047
-        expected.append(nxt)
-        last = nxt
+    expected, latency = _simulated_worker(stamps, cost, budget)
     t_est, _ = read_tum(out / "poses.tum")
     assert len(expected) < len(stamps) and m["frames"] == len(expected)
     assert m["skipped_frames"] == len(stamps) - len(expected)
     assert np.allclose(t_est, stamps[expected], atol=1e-6)
+    for q in (50, 95):
+        assert m[f"latency_ms_p{q}"] == pytest.approx(1e3 * np.percentile(latency, q), abs=0.01)
+    if budget > 0 and cost < 0.04:  # every frame within the budget (but the last: none newer came)
+        assert m["waited_for_newer"] > 0 and np.all(latency[:-1] <= budget + 1e-9)
+    else:  # frames taken up to a period old
+        assert m["waited_for_newer"] == 0 and m["latency_ms_p50"] > 1e3 * 0.05

@@ -82,7 +82,9 @@ def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and nav.counters["processed"] + nav.counters["dropped"] < N_FRAMES:
             time.sleep(0.1)
-        time.sleep(1.5)  # (the timer sends the path's last poses)
+        deadline = time.monotonic() + 2.0 + nav.path_period  # the timer sends the path's last poses
+        while time.monotonic() < deadline and not (paths and len(paths[-1].poses) >= len(poses)):
+            time.sleep(0.1)
         return nav, poses, tfs, status, player, paths
     finally:
         ex.shutdown()

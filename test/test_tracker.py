@@ -3,6 +3,8 @@ depth target (what a perfect encoder would give): checks the solver, the search 
 machine independently of the encoder."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -111,6 +113,26 @@ def test_tracker_follows_a_procedure(renderer):
         assert res.state == TrackState.TRACKING, (s, res)
         assert res.confidence > 0.5
     assert np.mean(errs) < 0.2 * MM and max(errs) < 0.5 * MM
+    # The latency budget (50 ms) of a live camera's frames: wait for the next frame only when the
+    # newest would miss the budget and the next, due within the period, would meet it.
+    period = 1 / 30.0
+    assert tracker.wait_for_newer(0.01, period, busy_s=0.03) == 0.0  # 40 ms: take it
+    assert tracker.wait_for_newer(0.025, period, busy_s=0.03) == pytest.approx(period - 0.025 + period / 4)
+    assert tracker.wait_for_newer(0.025, period, busy_s=0.06) == 0.0  # slower than the budget: waiting won't help
+    assert tracker.wait_for_newer(0.025, period, busy_s=0.045) == 0.0  # waiting would skip every second frame
+    assert tracker.wait_for_newer(0.025, period, busy_s=0.04) > 0.0  # (2 x 40 - 33 ms <= 50 ms)
+    assert tracker.wait_for_newer(0.04, period, busy_s=0.03) == 0.0  # the next is overdue: take this one
+    assert tracker.wait_for_newer(0.025, 0.1, busy_s=0.03) == 0.0  # a slow camera: its next frame is far off
+    busy = float(np.median([t for t in tracker._tracking_times]))  # by default: the recent frames' time
+    assert len(tracker._tracking_times) == 15
+    tracker.config = replace(tracker.config, latency_budget_s=busy + 0.02)  # (whatever this machine's speed)
+    assert tracker.wait_for_newer(0.02 - 1e-3, busy + 0.02) == 0.0
+    assert tracker.wait_for_newer(0.02 + 1e-3, busy + 0.02) > 0.0
+    tracker.state = TrackState.LOST  # not when lost: any frame is welcome
+    assert tracker.wait_for_newer(0.025, period, busy_s=0.03) == 0.0
+    off = Tracker(tracker.renderer, tracker.predictor, TrackerConfig(latency_budget_s=0.0))
+    off.state = TrackState.TRACKING
+    assert off.wait_for_newer(0.025, period, busy_s=0.03) == 0.0
 
 
 def test_tracker_reports_lost_on_garbage_and_recovers(renderer):

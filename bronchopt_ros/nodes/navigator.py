@@ -43,6 +43,7 @@ from ..tracker import TrackerConfig, TrackState
 from .params import declare, declare_dataclass
 from .tf import TfPublisher
 
+CAMERA_INFO_GRACE_S = 0.2  # how long an image waits for the first camera_info before it is dropped
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 TRACKER_DOCS = {
@@ -95,6 +96,10 @@ TRACKER_DOCS = {
                  "skipped since the last processed one, evenly spread (0: never).", (0, 8)),
     "catch_up_gap_s": ("... a gap (s) between processed frames beyond which the skipped frames are followed even "
                        "with a known velocity.", (0.0, 10.0)),
+    "latency_budget_s": ("Receive-to-pose latency budget (s): when the newest frame has waited so long that it "
+                         "would miss it (its wait plus the recent time per frame) and the next frame would not, the "
+                         "worker waits for the next one (tracking only; 0: always take the newest at once).",
+                         (0.0, 10.0)),
 }
 
 ODOMETRY_DOCS = {
@@ -169,6 +174,7 @@ class Navigator(Node):
         self._frame_msg = None
         self._frame_arrival = 0.0
         self._skipped_msgs: deque = deque(maxlen=8)  # the last frames dropped since the worker took one
+        self._arrivals: deque = deque(maxlen=16)  # arrival times of the last images (the camera's period)
         self._camera: Camera | None = None
         self._camera_error = ""
         self._mesh_msg = None
@@ -177,7 +183,8 @@ class Navigator(Node):
         self._stop = False
         self.tracker = None
         self.encoder = None
-        self.counters = dict(processed=0, dropped=0, rejected=0, bad_initialpose=0, stamp_resets=0)
+        self.counters = dict(processed=0, dropped=0, rejected=0, bad_initialpose=0, stamp_resets=0,
+                             waited_for_newer=0)
         self.lat_proc = deque(maxlen=300)
         self.lat_img = deque(maxlen=300)
         self.proc_times = deque(maxlen=300)
@@ -228,6 +235,7 @@ class Navigator(Node):
                 self._skipped_msgs.append(self._frame_msg)  # (the odometry may follow it: tracker.catch_up)
             self._frame_msg = msg
             self._frame_arrival = time.monotonic()
+            self._arrivals.append(self._frame_arrival)
             self._lock.notify()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -240,8 +248,10 @@ class Navigator(Node):
             self.counters["rejected"] += 1
             self._throttled("caminfo", f"ignoring camera_info: {exc}")
             return
-        self._camera = cam
-        self._camera_error = ""
+        with self._lock:
+            self._camera = cam
+            self._camera_error = ""
+            self._lock.notify()  # (a frame may be waiting for it)
 
     def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
         if msg.header.frame_id and msg.header.frame_id.lstrip("/") != self.ct_frame:
@@ -299,6 +309,7 @@ class Navigator(Node):
                     self._lock.wait(0.5)
                 if self._stop:
                     return
+                self._await_fresher_frame()
                 mesh_msg, self._mesh_msg = self._mesh_msg, None
                 init_pose, self._init_pose = self._init_pose, None
                 frame_msg, self._frame_msg = self._frame_msg, None
@@ -320,6 +331,25 @@ class Navigator(Node):
                 self.counters["rejected"] += 1
                 self._throttled("worker", f"frame processing failed: {type(exc).__name__}: {exc}\n"
                                 f"{traceback.format_exc(limit=-3)}")
+
+    def _await_fresher_frame(self) -> None:
+        """(Worker, holding the lock.) When the waiting frame would miss the latency budget and the
+        next one would not (Tracker.wait_for_newer), wait for the next one; it replaces the old one
+        (counted as dropped, kept for the catch-up). Gives up after the wait, keeping the old one."""
+        first = self._frame_msg
+        if first is None or self.tracker is None or self._mesh_msg is not None or self._init_pose is not None:
+            return
+        period = float(np.median(np.diff(self._arrivals))) if len(self._arrivals) >= 4 else 0.0
+        wait = self.tracker.wait_for_newer(time.monotonic() - self._frame_arrival, period)
+        if wait <= 0:
+            return
+        self.counters["waited_for_newer"] += 1
+        deadline = time.monotonic() + wait
+        while self._frame_msg is first and not self._stop and self._mesh_msg is None and self._init_pose is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._lock.wait(left)
 
     def _load_mesh(self, msg) -> None:
         self.state = TrackState.WAITING_FOR_MESH
@@ -382,6 +412,11 @@ class Navigator(Node):
         if self.tracker is None:
             self.counters["dropped"] += 1
             return
+        if self._camera is None:
+            # camera_info and the image are sent together but topics are not ordered: the first
+            # image often comes just before the first camera_info. Give it a moment.
+            with self._lock:
+                self._lock.wait_for(lambda: self._camera is not None or self._stop, CAMERA_INFO_GRACE_S)
         if self._camera is None:
             self.state = TrackState.WAITING_FOR_CAMERA_INFO
             self.message = "waiting for camera_info" + (f" ({self._camera_error})" if self._camera_error else "")

@@ -377,6 +377,12 @@ class Tracker:
         self._search_cursor = k + budget
         return (starts + starts)[k: k + budget]
 
+    def close(self) -> None:
+        """Stop the encoder's thread (after the last frame; a later frame starts a new one)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             from .threads import quick_gil_handoff

@@ -113,6 +113,10 @@ def test_tracker_follows_a_procedure(renderer):
         assert res.state == TrackState.TRACKING, (s, res)
         assert res.confidence > 0.5
     assert np.mean(errs) < 0.2 * MM and max(errs) < 0.5 * MM
+    pool = tracker._executor  # the encoder's thread (tracker.parallel): stopped by close()
+    assert pool is not None
+    tracker.close()
+    assert tracker._executor is None and pool._shutdown
     # The latency budget (50 ms) of a live camera's frames: wait for the next frame only when the
     # newest would miss the budget and the next, due within the period, would meet it.
     period = 1 / 30.0

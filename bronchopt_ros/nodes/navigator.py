@@ -363,6 +363,8 @@ class Navigator(Node):
         if self.encoder is None:
             self.encoder = load_default_encoder(self.pipeline)
         self._stop_index()  # the old mesh's index build, if still running
+        if self.tracker is not None:
+            self.tracker.close()
         self.tracker = build_tracker(airway, self.pipeline, encoder=self.encoder)
         self.airway = airway
         index = getattr(self.tracker.relocaliser, "index", None)
@@ -543,6 +545,8 @@ class Navigator(Node):
         if self._worker.is_alive():
             self._worker.join(timeout=5.0)
         self._stop_index()
+        if self.tracker is not None and not self._worker.is_alive():
+            self.tracker.close()
         return super().destroy_node()
 
     def _stop_index(self) -> None:

@@ -152,11 +152,8 @@ def feed_until(pred, send, timeout=60.0, every=0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         send()
-        end = time.monotonic() + every
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.05)
+        if wait(pred, every):
+            return True
     return bool(pred())
 
 

@@ -45,12 +45,14 @@ class EncoderDepthPredictor:
 
     def __call__(self, frame: Frame) -> DepthTarget:
         with torch.no_grad():  # (not inference_mode: paper mode differentiates through the similarity)
-            out = self.encoder.encode_rgb(frame.rgb)
+            # The global embedding only when relocalising (made on demand: ~10 % of the encoder).
+            out = self.encoder.encode_rgb(frame.rgb, embedding=False)
         ld = out.log_depth.float().cpu()
         h, w = ld.shape[-2:]
         conf = out.confidence.float().cpu() if out.confidence is not None else torch.ones_like(ld)
         return DepthTarget(ld.reshape(h, w), conf.reshape(h, w).clamp(0, 1), frame.camera.scaled(w, h),
-                           features=out.features, embedding=out.embedding)
+                           features=out.features, embedding=out.embedding,
+                           embed=lambda: self.encoder.embed_rgb(out))
 
 
 def load_default_encoder(cfg: PipelineConfig):
@@ -96,7 +98,8 @@ def _index_relocaliser(renderer, encoder, airway, cache_dir: str = ""):
     index = LazyIndex(renderer, encoder, airway.centerline, cam, cache=cache)
 
     def relocalise(frame: Frame, target: DepthTarget) -> list:
-        return index.query(target.embedding) if target.embedding is not None else []
+        emb = target.global_embedding()
+        return index.query(emb) if emb is not None else []
 
     relocalise.index = index
     return relocalise

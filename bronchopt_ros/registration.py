@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,7 +41,14 @@ class DepthTarget:
     camera: Camera
     features: torch.Tensor | None = None  # the encoder's dense RGB features (paper mode), if any
     embedding: torch.Tensor | None = None  # the encoder's global embedding (relocalisation), if any
+    embed: Callable[[], torch.Tensor] | None = field(default=None, repr=False)  # ... made on demand
     _levels: dict = field(default_factory=dict, repr=False)
+
+    def global_embedding(self) -> torch.Tensor | None:
+        """The global embedding: the one given, or made now by ``embed`` (once), or None."""
+        if self.embedding is None and self.embed is not None:
+            self.embedding = self.embed()
+        return self.embedding
 
     @classmethod
     def from_depth(cls, depth: np.ndarray | torch.Tensor, camera: Camera, valid=None) -> "DepthTarget":

@@ -121,6 +121,11 @@ def test_runtime_api(random_encoder, toy_samples):
     assert out.features.shape == (enc.feature_dim, enc.grid, enc.grid)
     assert out.embedding.shape == (enc.embed_dim,)
     assert float(out.confidence.min()) >= 0.0 and float(out.confidence.max()) <= 1.0
+    # without the embedding (what tracking asks for): the same outputs, the embedding made on demand
+    lazy = enc.encode_rgb(s["rgb"], embedding=False)
+    assert lazy.embedding is None and torch.equal(lazy.log_depth, out.log_depth)
+    assert torch.allclose(enc.embed_rgb(lazy), out.embedding, atol=1e-5)
+    assert enc.embed_rgb(out) is out.embedding
     hit = out.hit_prob > 0.5
     if hit.any():
         assert abs(float(out.log_depth[hit].median())) < 1e-5

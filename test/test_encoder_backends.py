@@ -56,6 +56,23 @@ def test_onnx_matches_torch(weights, tmp_path, caplog):
     _assert_same(enc_o64.encode_rgb(_frame()), enc_t64.encode_rgb(_frame()))
 
 
+def test_torch_backend_folds_batchnorm_into_the_convolutions(weights):
+    """The eager backend runs a copy of the graph with every BatchNorm folded into its convolution:
+    the same outputs as the encoder's own (unfused) graph, whose modules are left as they were."""
+    from bronchopt_ros.encoder.backends import TorchBackend
+
+    enc = load_encoder(EncoderConfig(backend="torch", weights=weights, input_size=128))
+    backend = enc._backend
+    assert isinstance(backend, TorchBackend)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backend.graph.modules())
+    own = enc.net.rgb_graph().eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in own.modules())
+    x = enc._rgb_tensor(_frame(seed=2))
+    with torch.no_grad():
+        for fused, plain in zip(backend(x), own(x)):
+            assert torch.allclose(fused, plain, atol=1e-4), float((fused - plain).abs().max())
+
+
 def test_auto_picks_a_backend_and_says_why(weights, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="bronchopt.encoder"):
         enc = load_encoder(EncoderConfig(backend="auto", weights=weights, cache_dir=tmp_path))

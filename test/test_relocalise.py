@@ -106,11 +106,11 @@ def test_lost_tracker_relocalises_through_the_index(world):
             cam = frame.camera.scaled(64)
             out = renderer.render(cam, truth_pose, normals=False)
             t = DepthTarget.from_depth(out.depth, cam)
-            t.embedding = _embed(renderer, encoder, truth_pose)
+            t.embed = lambda: _embed(renderer, encoder, truth_pose)  # made only when relocalising
             return t
 
     tracker = Tracker(renderer, Exact(), TrackerConfig(lost_after=2, search_radius=0.006), centerline=cl,
-                      relocaliser=lambda frame, target: index.query(target.embedding))
+                      relocaliser=lambda frame, target: index.query(target.global_embedding()))
     tracker.initialise(truth_pose)
     tracker.pose = Pose(truth_pose.R, cl.root.points[len(cl.root.points) // 2])  # jumped to the trachea
     tracker._pending_init = None

@@ -265,10 +265,15 @@ class RGBGraph(nn.Module):
 
     def forward(self, rgb01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dense, feats = self.rgb(rgb_input(rgb01))
-        ld, hp = dense[:, 0:1], torch.sigmoid(dense[:, 2:3])
+        return dense, feats, self.embed_from(dense[:, 0:1], torch.sigmoid(dense[:, 2:3]), feats)
+
+    def embed_from(self, log_depth: torch.Tensor, hit_prob: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The embedding from the dense outputs (log-depth with any offset, hit probability, both
+        (B, 1, S, S)) and the features: what :meth:`forward` ends with, apart for a caller that
+        wants it only sometimes (relocalisation)."""
         if self.fs > 1:
-            ld, hp = F.avg_pool2d(ld, self.fs), F.avg_pool2d(hp, self.fs)
-        return dense, feats, self.embed(embed_input(ld, hp, feats))
+            log_depth, hit_prob = F.avg_pool2d(log_depth, self.fs), F.avg_pool2d(hit_prob, self.fs)
+        return self.embed(embed_input(log_depth, hit_prob, feats))
 
 
 def rgb_outputs(dense: torch.Tensor, feats: torch.Tensor, embedding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -39,7 +39,8 @@ class RGBEncoding:
     * ``confidence`` (S, S) in [0, 1]: ``hit_prob / (1 + (sigma / CONFIDENCE_SIGMA)^2)`` with
       ``sigma = exp(log_sigma)`` the predicted mean absolute log-depth error.
     * ``features`` (C, g, g): dense L2-normalised features on the feature grid (g = S / stride).
-    * ``embedding`` (D,): global L2-normalised embedding (relocalisation).
+    * ``embedding`` (D,): global L2-normalised embedding (relocalisation); None when encoded with
+      ``embedding=False`` (:meth:`Encoder.embed_rgb` makes it then).
     * ``hit_prob`` (S, S): probability that the pixel's ray hits the wall (not a far opening).
     * ``log_sigma`` (S, S), ``normals`` (3, S, S) camera frame, or None.
     """
@@ -47,7 +48,7 @@ class RGBEncoding:
     log_depth: torch.Tensor
     confidence: torch.Tensor
     features: torch.Tensor
-    embedding: torch.Tensor
+    embedding: torch.Tensor | None
     hit_prob: torch.Tensor
     log_sigma: torch.Tensor
     normals: torch.Tensor | None = None
@@ -136,17 +137,34 @@ class Encoder:
             x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
         return x
 
-    def encode_rgb(self, rgb) -> RGBEncoding:
-        """Encode one RGB frame (numpy (H, W, 3) uint8, or a tensor (H, W, 3) / (3, H, W))."""
+    def encode_rgb(self, rgb, embedding: bool = True) -> RGBEncoding:
+        """Encode one RGB frame (numpy (H, W, 3) uint8, or a tensor (H, W, 3) / (3, H, W)).
+        ``embedding=False``: the eager backend skips the global embedding (None; see
+        :meth:`embed_rgb`); the compiled backends make it anyway."""
         x = self._rgb_tensor(rgb)
         with torch.no_grad():
-            dense, feats, emb = self._backend(x)
-            out = rgb_outputs(dense.to(self.device), feats.to(self.device), emb.to(self.device))
+            if embedding or not hasattr(self._backend, "embed"):
+                dense, feats, emb = self._backend(x)
+            else:
+                dense, feats, emb = self._backend(x, embedding=False)
+            out = rgb_outputs(dense.to(self.device), feats.to(self.device), None if emb is None else emb.to(self.device))
         sigma = torch.exp(out["log_sigma"])
         conf = out["hit_prob"] / (1.0 + (sigma / CONFIDENCE_SIGMA) ** 2)
-        return RGBEncoding(out["log_depth"][0, 0], conf[0, 0], out["features"][0], out["embedding"][0],
+        return RGBEncoding(out["log_depth"][0, 0], conf[0, 0], out["features"][0],
+                           out["embedding"][0] if "embedding" in out else None,
                            out["hit_prob"][0, 0], out["log_sigma"][0, 0],
                            out["normals"][0] if "normals" in out else None)
+
+    def embed_rgb(self, enc: RGBEncoding) -> torch.Tensor:
+        """The global embedding (D,) of a frame's encoding (its own, or made now from its outputs
+        when it was encoded with ``embedding=False``)."""
+        if enc.embedding is not None:
+            return enc.embedding
+        ld, hp, feats = enc.log_depth[None, None], enc.hit_prob[None, None], enc.features[None]
+        if hasattr(self._backend, "embed"):
+            return self._backend.embed(ld, hp, feats)[0].to(self.device)
+        with torch.no_grad():
+            return self.net.rgb_graph().eval().embed_from(ld, hp, feats)[0]
 
     # ------------------------------------------------------------------ depth side
     def _depth_tensor(self, depth, valid) -> tuple[torch.Tensor, torch.Tensor | None, bool]:

@@ -250,6 +250,39 @@ def test_flood_keeps_latency_bounded(ros_context, case):
         g.close()
 
 
+def test_latency_budget_lets_a_stale_frame_go_for_the_next(ros_context, case):
+    """Frames a little faster than the node processes them: with a latency budget the worker, when
+    the newest frame has waited too long, waits for the next one and takes that (counted; the old
+    one dropped) - and keeps processing."""
+    from dataclasses import replace
+
+    g = Graph(ros_context, case["dir"] / "airway.ply")
+    f, nav, cam, rgb = g.feeder, g.nav, case["camera"], case["frames"]
+    try:
+        assert wait(lambda: nav.tracker is not None)
+        f.init.publish(rc.initial_pose_msg(case["init"], f.now()))
+        assert wait(lambda: nav.tracker.initialised)
+        assert feed_until(lambda: nav.counters["processed"] >= 1, lambda: f.frame(rgb[0], cam))
+        for im in rgb[1:4]:  # tracked frames: the tracker learns what a frame costs
+            n = nav.counters["processed"]
+            f.frame(im, cam)
+            wait(lambda: nav.counters["processed"] > n, 10)
+        busy = float(np.median(nav.tracker._tracking_times))
+        # A budget this frame time can meet; frames every 0.9 of it: a frame that waited more
+        # than half a frame time would miss it, and the next (due within the period) would not.
+        nav.tracker.config = replace(nav.tracker.config, latency_budget_s=1.5 * busy)
+        n0, w0, d0 = nav.counters["processed"], nav.counters["waited_for_newer"], nav.counters["dropped"]
+        for im in rgb[4:]:
+            f.frame(im, cam)
+            time.sleep(0.9 * busy)
+        assert wait(lambda: nav.counters["processed"] + nav.counters["dropped"] >= n0 + d0 + len(rgb[4:]), 20)
+        c = nav.counters
+        assert c["waited_for_newer"] > w0, c
+        assert c["processed"] > n0 and nav._worker.is_alive()
+    finally:
+        g.close()
+
+
 def test_server_and_navigator_restart(ros_context, case, tmp_path):
     mesh_b = tmp_path / "airway_b.ply"
     m = trimesh.load(case["dir"] / "airway.ply")

@@ -192,7 +192,7 @@ class _NewestFrameSlot:
                     self._skip_pending()
                     self.pending = None
                     return self._take(ev, ev.stamp_s)
-                take = self._take(self.pending, free + wait if wait > 0 else free)
+                take = self._take(self.pending, free + wait)  # (after waiting in vain, if it did)
             else:
                 self._skip_pending()
         self.pending = ev

@@ -213,21 +213,27 @@ def test_bad_input_is_counted_and_survived(ros_context, case):
         g.close()
 
 
+def start_tracking(g, case):
+    """Initialise the navigator from /initialpose and let it track frames 0-3, each processed
+    before the next is sent. The first is sent again until processed, as a camera streams: its
+    camera_info and image arrive on two subscriptions, and an image handled first may be dropped."""
+    f, nav, cam, rgb = g.feeder, g.nav, case["camera"], case["frames"]
+    assert wait(lambda: nav.tracker is not None)
+    f.init.publish(rc.initial_pose_msg(case["init"], f.now()))
+    assert wait(lambda: nav.tracker.initialised)
+    assert feed_until(lambda: nav.counters["processed"] >= 1, lambda: f.frame(rgb[0], cam))
+    for im in rgb[1:4]:
+        n = nav.counters["processed"]
+        f.frame(im, cam)
+        wait(lambda: nav.counters["processed"] > n, 10)
+
+
 def test_flood_keeps_latency_bounded(ros_context, case):
     g = Graph(ros_context, case["dir"] / "airway.ply")
     f, nav, cam, rgb = g.feeder, g.nav, case["camera"], case["frames"]
     try:
-        assert wait(lambda: nav.tracker is not None)
-        f.init.publish(rc.initial_pose_msg(case["init"], f.now()))
-        assert wait(lambda: nav.tracker.initialised)
-        # The first frame, again until it is processed, as a camera streams: its camera_info and
-        # image arrive on two subscriptions, and an image handled first is dropped (no camera yet).
-        assert feed_until(lambda: nav.counters["processed"] >= 1, lambda: f.frame(rgb[0], cam))
+        start_tracking(g, case)
         # Measure the processing rate, then send frames 4x faster than that for ~4 s.
-        for im in rgb[1:4]:
-            f.frame(im, cam)
-            n = nav.counters["processed"]
-            wait(lambda: nav.counters["processed"] > n, 10)
         proc_s = float(np.median(list(nav.lat_proc))) / 1e3
         period = max(proc_s / 4.0, 0.002)
         sent = 0
@@ -259,14 +265,7 @@ def test_latency_budget_lets_a_stale_frame_go_for_the_next(ros_context, case):
     g = Graph(ros_context, case["dir"] / "airway.ply")
     f, nav, cam, rgb = g.feeder, g.nav, case["camera"], case["frames"]
     try:
-        assert wait(lambda: nav.tracker is not None)
-        f.init.publish(rc.initial_pose_msg(case["init"], f.now()))
-        assert wait(lambda: nav.tracker.initialised)
-        assert feed_until(lambda: nav.counters["processed"] >= 1, lambda: f.frame(rgb[0], cam))
-        for im in rgb[1:4]:  # tracked frames: the tracker learns what a frame costs
-            n = nav.counters["processed"]
-            f.frame(im, cam)
-            wait(lambda: nav.counters["processed"] > n, 10)
+        start_tracking(g, case)  # (the tracker learns what a frame costs)
         busy = float(np.median(nav.tracker._tracking_times))
         # A budget this frame time can meet; frames every 0.9 of it: a frame that waited more
         # than half a frame time would miss it, and the next (due within the period) would not.

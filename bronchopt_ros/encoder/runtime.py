@@ -160,11 +160,8 @@ class Encoder:
         when it was encoded with ``embedding=False``)."""
         if enc.embedding is not None:
             return enc.embedding
-        ld, hp, feats = enc.log_depth[None, None], enc.hit_prob[None, None], enc.features[None]
-        if hasattr(self._backend, "embed"):
-            return self._backend.embed(ld, hp, feats)[0].to(self.device)
-        with torch.no_grad():
-            return self.net.rgb_graph().eval().embed_from(ld, hp, feats)[0]
+        # (only the eager backend leaves it out, and it can make it)
+        return self._backend.embed(enc.log_depth[None, None], enc.hit_prob[None, None], enc.features[None])[0]
 
     # ------------------------------------------------------------------ depth side
     def _depth_tensor(self, depth, valid) -> tuple[torch.Tensor, torch.Tensor | None, bool]:

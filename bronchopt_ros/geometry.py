@@ -304,6 +304,30 @@ class Camera:
             uv = np.stack([self.fx * p[..., 0] / z + self.cx, self.fy * p[..., 1] / z + self.cy], -1)
         return uv, z
 
+    def project_jacobian(self, points_cam: np.ndarray) -> np.ndarray:
+        """d(uv)/d(point) of :meth:`project` at camera-frame points (..., 3): (..., 2, 3)."""
+        p = np.asarray(points_cam, dtype=np.float64)
+        x, y, z = p[..., 0], p[..., 1], p[..., 2]
+        J = np.zeros(p.shape[:-1] + (2, 3))
+        J[..., 0, 0] = self.fx / z
+        J[..., 0, 2] = -self.fx * x / z ** 2
+        J[..., 1, 1] = self.fy / z
+        J[..., 1, 2] = -self.fy * y / z ** 2
+        return J
+
+    def project_vjp(self, points_cam: np.ndarray, grad_uv: np.ndarray) -> np.ndarray:
+        """``grad_uv`` (..., 2) pulled back through :meth:`project`: ``grad_uv @ project_jacobian`` (..., 3),
+        without forming the Jacobian (e.g. an image gradient turned into d(intensity)/d(point))."""
+        p = np.asarray(points_cam, dtype=np.float64)
+        gu, gv = self.fx * grad_uv[..., 0] / p[..., 2], self.fy * grad_uv[..., 1] / p[..., 2]
+        return np.stack([gu, gv, -(gu * p[..., 0] + gv * p[..., 1]) / p[..., 2]], -1)
+
+    def unproject(self, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Camera-frame points (..., 3) of pixels ``uv`` (..., 2) at z-depths ``z`` (...): the inverse of :meth:`project`."""
+        uv = np.asarray(uv, dtype=np.float64)
+        z = np.asarray(z, dtype=np.float64)
+        return np.stack([(uv[..., 0] - self.cx) / self.fx * z, (uv[..., 1] - self.cy) / self.fy * z, z], -1)
+
     def to_dict(self) -> dict:
         return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
                 "cx": self.cx, "cy": self.cy, "dist": self.dist.tolist()}

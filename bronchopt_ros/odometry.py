@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from .geometry import Camera, Pose
+from .photometric import PhotometricReference, refine_rotation
 
 __all__ = ["OdometryConfig", "OdometryResult", "FrameOdometry", "detect_corners", "to_gray"]
 
@@ -66,6 +67,16 @@ class OdometryConfig:
     # reference (validation: 1.44 mm at 3 frames against 1.48 mm at 1, ~8 % faster; 1.47 at 6).
     keyframe_frames: int = 3
     keyframe_keep: float = 0.5  # ... while at least this share of its corners is still followed
+    # After PnP the rotation is refined by direct alignment of the reference frame's pixels
+    # (bronchopt_ros.photometric): LK under-measures the roll where cartilage rings fill its windows
+    # (validation, six procedures: 1.41 mm / 0.091 rad / 89 % within 5 mm and 10 deg without it,
+    # 1.38 / 0.059 / 99.8 % with it; test tracking 1.22 / 0.057 -> 1.22 / 0.045). The odometry
+    # takes ~4 ms more a frame (8 -> 12.5 ms), still less than the encoder beside it.
+    photometric: bool = True
+    photometric_step: float = 2.0  # px between the reference's pixels (at 200 px)
+    photometric_keep: float = 0.5  # ... of which this share with the strongest gradient is used
+    photometric_iterations: int = 10  # Gauss-Newton iterations (it stops earlier on an update < 1e-6 rad)
+    photometric_huber: float = 8.0  # grey levels (of the shading-normalised image) where the loss turns linear
 
 
 @dataclass
@@ -136,6 +147,7 @@ class FrameOdometry:
         self._age = 0  # frames tracked against the reference
         self._last: OdometryResult | None = None  # the last frame's result (None: failed or none yet)
         self._corners = 0  # corners the reference started with
+        self._photo: PhotometricReference | None = None  # its pixels for the rotation's direct refinement
 
     def keyframe(self, gray: np.ndarray, camera: Camera, pose: Pose, renderer, stamp: float | None = None) -> int:
         """Make ``gray`` (seen by ``camera`` at ``pose``, at time ``stamp``) the reference; returns
@@ -154,11 +166,14 @@ class FrameOdometry:
         if int(ok.sum()) < c.min_inliers:
             return 0
         uv, z = uv[ok], z[ok]
-        self._xyz = np.stack([(uv[:, 0] - camera.cx) / camera.fx * z, (uv[:, 1] - camera.cy) / camera.fy * z, z], 1)
+        self._xyz = camera.unproject(uv, z)
         self._uv = uv.astype(np.float32).reshape(-1, 1, 2)
         self._guess = self._uv.copy()
         self._gray, self._prev, self._pose, self._corners = gray, gray, pose, len(uv)
         self._alive = np.ones(len(uv), bool)
+        if c.photometric:
+            self._photo = PhotometricReference.from_frame(gray, camera, pose, renderer, c.photometric_step,
+                                                          c.photometric_keep)
         return len(uv)
 
     def due(self) -> bool:
@@ -271,6 +286,8 @@ class FrameOdometry:
         R, _ = cv2.Rodrigues(rvec)
         # PnP maps reference-camera points into the new camera: x_new = R x_ref + t.
         motion = Pose.from_Rt(R, tvec[:, 0]).inv()
+        if self._photo is not None:
+            motion = refine_rotation(self._photo, gray, camera, motion, c.photometric_iterations, c.photometric_huber)
         xi = motion.log()
         steps = self._age + 1
         if (not np.all(np.isfinite(xi)) or np.linalg.norm(xi[:3]) > c.max_step_m * steps

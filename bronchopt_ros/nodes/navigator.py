@@ -122,6 +122,14 @@ ODOMETRY_DOCS = {
     "keyframe_frames": ("The reference frame's corners are followed for up to this many frames and the motion "
                         "is measured against it (1: frame to frame).", (1, 100)),
     "keyframe_keep": ("... while at least this share of its corners is still followed.", (0.0, 1.0)),
+    "photometric": ("Refine the odometry's rotation by direct alignment of the reference frame's pixels (lifted "
+                    "with the CT depth) to the new frame: Lucas-Kanade under-measures the roll where cartilage "
+                    "rings fill its windows.", None),
+    "photometric_step": ("px between the reference pixels used (at 200 px wide).", (1.0, 20.0)),
+    "photometric_keep": ("... of which this share, with the strongest gradients, is used.", (0.01, 1.0)),
+    "photometric_iterations": ("Gauss-Newton iterations of the refinement, at most.", (1, 100)),
+    "photometric_huber": ("Grey levels (shading-normalised image) where its loss turns from quadratic to linear.",
+                          (0.1, 255.0)),
 }
 
 

@@ -1,0 +1,123 @@
+"""Photometric refinement of the odometry's rotation (direct alignment against the reference frame).
+
+Lucas-Kanade follows each corner as a small window that translates. Down a bronchus the windows
+are full of cartilage rings, which are circles about the lumen: when the scope rolls, a ring is
+carried onto itself, so the ring's part of a window stays where it was while the mucosa texture
+moves, and the window's translation is pulled toward no motion. PnP on those tracks under-measures
+the roll (validation procedures, keyframe at the true pose, 3-frame steps: 0.76-0.78 of the true
+roll on the faintly textured ones, 0.95 on the others), and the bias adds up frame after frame.
+
+Warping the reference frame's pixels into the new frame as a whole has no such bias: each pixel is
+lifted with the CT depth and moved by the camera's motion, a ring's pixels land on the same ring
+whatever the roll, and only the texture decides (0.85-0.95 of the true roll on the same frames
+after this refinement of PnP's rotation; tracking the six validation procedures: 0.091 -> 0.059
+rad mean rotation error, 89 -> 99.8 % of frames within 5 mm and 10 deg).
+So after PnP the rotation is refined by Gauss-Newton on the photometric error between the
+reference's strongest-gradient pixels and the new frame (both shading-normalised by
+:func:`bronchopt_ros.odometry.to_gray`, so the scope's own light and the auto-gain cancel), in
+the inverse-compositional form: the update is a rotation of the reference camera, whose Jacobian
+(and gradients) are computed once per reference frame, so an iteration costs one projection and
+one image lookup.
+Only the rotation: refining the translation too (a 6-DoF prototype) made the position follow the
+breathing more (the images show the breathing body, the CT does not; validation 1.41 -> 1.65 mm),
+while PnP's translation did not.
+
+    ref = PhotometricReference.from_frame(gray, camera, pose, renderer)
+    motion = refine_rotation(ref, new_gray, camera, motion)   # motion: new camera in the reference's frame
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .geometry import Camera, Pose
+
+__all__ = ["PhotometricReference", "image_gradients", "photometric_residuals", "refine_rotation"]
+
+
+@dataclass
+class PhotometricReference:
+    """Pixels of a reference frame for direct alignment: their 3D points in the reference camera
+    (metres, from the CT depth at the frame's pose), their grey values, and the Jacobian of those
+    values under a rotation ``w`` of the reference camera's points (``X -> X + w x X``)."""
+
+    points: np.ndarray  # (N, 3) float64
+    intensity: np.ndarray  # (N,) float32
+    jacobian: np.ndarray  # (N, 3) d(intensity)/dw
+    width: int
+    height: int
+
+    @classmethod
+    def from_frame(cls, gray: np.ndarray, camera: Camera, pose: Pose, renderer, step: float = 2.0,
+                   keep: float = 0.5, border: int = 4) -> "PhotometricReference | None":
+        """Every ``step``-th pixel (at 200 px wide, scaled with the image) of ``gray`` whose gradient is
+        among the strongest ``keep`` share (flat pixels tell nothing), lifted with the CT depth seen
+        from ``pose`` (``renderer.depth_at``); pixels that see no wall are left out. None if fewer
+        than 50 remain."""
+        h, w = gray.shape
+        stride = max(1, int(round(step * max(w, h) / 200.0)))
+        g, gx, gy = image_gradients(gray)
+        ys, xs = np.mgrid[border:h - border:stride, border:w - border:stride]
+        ys, xs = ys.ravel(), xs.ravel()
+        grad = np.stack([gx[ys, xs], gy[ys, xs]], 1)
+        if len(grad) == 0:
+            return None
+        mag = np.hypot(grad[:, 0], grad[:, 1])
+        sel = mag >= np.quantile(mag, 1.0 - keep)
+        uv = np.stack([xs[sel], ys[sel]], 1).astype(np.float64)
+        z = renderer.depth_at(camera, pose, uv)
+        ok = z > 0
+        if int(ok.sum()) < 50:
+            return None
+        uv, grad = uv[ok], grad[sel][ok]
+        X = camera.unproject(uv, z[ok])
+        # d I_ref(project(X + w x X)) / dw = g3 . (w x X) = w . (X x g3), with g3 = dI/dX
+        jac = np.cross(X, camera.project_vjp(X, grad))
+        return cls(X, g[uv[:, 1].astype(int), uv[:, 0].astype(int)], jac, w, h)
+
+
+def image_gradients(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, d/du, d/dv) as float32 (grey levels per pixel; Sobel, normalised)."""
+    g = gray.astype(np.float32)
+    return g, cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+
+
+def photometric_residuals(ref: PhotometricReference, image: np.ndarray, camera: Camera,
+                          to_new: Pose) -> tuple[np.ndarray, np.ndarray]:
+    """``I_new(project(to_new X)) - I_ref`` for the reference pixels that land inside ``image``
+    (float32, the new frame; ``to_new`` maps reference-camera points into the new camera), and the
+    mask of those pixels."""
+    x = ref.points @ to_new.R.T + to_new.t
+    uv, z = camera.project(x)
+    inside = (z > 1e-4) & (uv[:, 0] > 1) & (uv[:, 0] < ref.width - 2) & (uv[:, 1] > 1) & (uv[:, 1] < ref.height - 2)
+    uv = uv[inside].astype(np.float32)
+    r = cv2.remap(image, uv[:, :1], uv[:, 1:], cv2.INTER_LINEAR)[:, 0] - ref.intensity[inside]
+    return r, inside
+
+
+def refine_rotation(ref: PhotometricReference, gray: np.ndarray, camera: Camera, motion: Pose,
+                    iterations: int = 10, huber: float = 8.0, tol: float = 1e-4) -> Pose:
+    """``motion`` (the new camera in the reference camera's frame) with its rotation refined so the
+    reference's pixels match ``gray``: inverse-compositional Gauss-Newton with Huber weights
+    (``huber`` grey levels), until an update is below ``tol`` rad or after ``iterations``. The new
+    camera's position in the reference frame is kept."""
+    image = gray.astype(np.float32)
+    to_new = motion.inv()
+    for _ in range(iterations):
+        r, inside = photometric_residuals(ref, image, camera, to_new)
+        if len(r) < 50:
+            break
+        J = ref.jacobian[inside]
+        a = np.abs(r)
+        Jw = J * np.where(a > huber, huber / np.maximum(a, 1e-9), 1.0)[:, None]
+        H = Jw.T @ J
+        dw = np.linalg.solve(H + 1e-6 * np.trace(H) / 3.0 * np.eye(3), Jw.T @ r)
+        if not np.all(np.isfinite(dw)):
+            break
+        # The reference turned by dw would match: the same as the new camera's points turned back.
+        to_new = to_new @ Pose.exp(np.r_[0.0, 0.0, 0.0, -dw])
+        if np.linalg.norm(dw) < tol:
+            break
+    return Pose.from_Rt(to_new.inv().R, motion.t)  # (turning the reference moved the centre slightly: kept)

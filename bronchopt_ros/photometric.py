@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .geometry import Camera, Pose
+from .geometry import Camera, Pose, so3_exp
 
 __all__ = ["PhotometricReference", "image_gradients", "photometric_residuals", "refine_rotation"]
 
@@ -86,15 +86,19 @@ def image_gradients(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def photometric_residuals(ref: PhotometricReference, image: np.ndarray, camera: Camera,
                           to_new: Pose) -> tuple[np.ndarray, np.ndarray]:
-    """``I_new(project(to_new X)) - I_ref`` for the reference pixels that land inside ``image``
-    (float32, the new frame; ``to_new`` maps reference-camera points into the new camera), and the
-    mask of those pixels."""
-    x = ref.points @ to_new.R.T + to_new.t
+    """``I_new(project(to_new X)) - I_ref`` for every reference pixel (``image``: the new frame as
+    float32; ``to_new`` maps reference-camera points into the new camera) and the mask of those
+    that land inside it (the others' residuals are meaningless)."""
+    return _residuals(ref, image, camera, to_new.R, to_new.t)
+
+
+def _residuals(ref, image, camera, R, t):
+    x = ref.points @ R.T + t
     uv, z = camera.project(x)
     inside = (z > 1e-4) & (uv[:, 0] > 1) & (uv[:, 0] < ref.width - 2) & (uv[:, 1] > 1) & (uv[:, 1] < ref.height - 2)
-    uv = uv[inside].astype(np.float32)
-    r = cv2.remap(image, uv[:, :1], uv[:, 1:], cv2.INTER_LINEAR)[:, 0] - ref.intensity[inside]
-    return r, inside
+    maps = np.nan_to_num(uv, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    r = cv2.remap(image, maps[:, :1], maps[:, 1:], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)[:, 0]
+    return r - ref.intensity, inside
 
 
 def refine_rotation(ref: PhotometricReference, gray: np.ndarray, camera: Camera, motion: Pose,
@@ -105,19 +109,22 @@ def refine_rotation(ref: PhotometricReference, gray: np.ndarray, camera: Camera,
     camera's position in the reference frame is kept."""
     image = gray.astype(np.float32)
     to_new = motion.inv()
+    R, t = to_new.R, to_new.t
+    J = ref.jacobian
     for _ in range(iterations):
-        r, inside = photometric_residuals(ref, image, camera, to_new)
-        if len(r) < 50:
+        r, inside = _residuals(ref, image, camera, R, t)
+        if int(inside.sum()) < 50:
             break
-        J = ref.jacobian[inside]
         a = np.abs(r)
-        Jw = J * np.where(a > huber, huber / np.maximum(a, 1e-9), 1.0)[:, None]
+        w = np.where(a > huber, huber / np.maximum(a, 1e-9), 1.0) * inside
+        Jw = J * w[:, None]
         H = Jw.T @ J
         dw = np.linalg.solve(H + 1e-6 * np.trace(H) / 3.0 * np.eye(3), Jw.T @ r)
         if not np.all(np.isfinite(dw)):
             break
-        # The reference turned by dw would match: the same as the new camera's points turned back.
-        to_new = to_new @ Pose.exp(np.r_[0.0, 0.0, 0.0, -dw])
+        # The reference turned by dw would match: the same as the new camera's points turned back
+        # (to_new @ exp(-dw), a rotation about the reference camera's centre: t is unchanged).
+        R = R @ so3_exp(-dw)
         if np.linalg.norm(dw) < tol:
             break
-    return Pose.from_Rt(to_new.inv().R, motion.t)  # (turning the reference moved the centre slightly: kept)
+    return Pose.from_Rt(Pose.from_Rt(R, t).inv().R, motion.t)  # (turning the reference moved the centre slightly: kept)

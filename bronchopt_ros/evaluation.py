@@ -267,7 +267,7 @@ def framewise_case(case: str | Path, level: str, cfg: PipelineConfig | None = No
 
 def summarise(records: list[FrameRecord], lost_gap_s: bool = True) -> dict:
     """metrics.json content (../shared/CONTRACT.md keys, plus a few more)."""
-    from .metrics import pose_error_stats
+    from .metrics import is_success, pose_error_stats
 
     pairs = [(r.pose, r.truth) for r in records if r.pose is not None and r.truth is not None]
     out: dict = {"frames": len(records)}
@@ -286,6 +286,10 @@ def summarise(records: list[FrameRecord], lost_gap_s: bool = True) -> dict:
     out["latency_ms_p95"] = float(np.percentile(latency, 95) * 1e3)
     lost = [r.state != int(TrackState.TRACKING) for r in records]
     out["lost_frames"] = int(sum(lost))
+    # The frames that would mislead a user: reported TRACKING (so published as trusted) while
+    # beyond the success bounds (5 mm / 10 deg).
+    out["wrong_while_tracking"] = int(sum(1 for r, l in zip(records, lost) if not l and r.pose is not None
+                                          and r.truth is not None and not is_success(r.pose, r.truth)))
     # Stretches not TRACKING (seconds): the longest, and those that ended back in TRACKING
     # (recoveries: by the local search or the relocalisation index).
     longest, start, recoveries = 0.0, None, []

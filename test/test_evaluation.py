@@ -99,6 +99,21 @@ def test_lost_stretches_and_recoveries_are_counted():
     m = summarise(recs)
     assert m["lost_frames"] == 4 and m["lost_stretches"] == 2 and m["recoveries"] == 1
     assert m["recovery_s_mean"] == pytest.approx(0.2) and m["longest_lost_s"] == pytest.approx(0.2)
+    assert m["wrong_while_tracking"] == 0
+
+
+def test_wrong_poses_reported_as_tracking_are_counted():
+    """A pose beyond 5 mm or 10 deg counts against the tracker only while it says TRACKING (then a
+    user trusts it); while LOST it is not published as trusted."""
+    from bronchopt_ros.evaluation import FrameRecord, summarise
+    from bronchopt_ros.geometry import Pose
+
+    truth = Pose.identity()
+    far, turned, near = Pose.exp([0.006, 0, 0, 0, 0, 0]), Pose.exp([0, 0, 0, 0, 0.2, 0]), Pose.exp([0.004, 0, 0, 0, 0, 0.1])
+    cases = [(far, 1), (turned, 1), (near, 1), (far, 2), (turned, 3), (None, 1)]
+    recs = [FrameRecord(k / 10.0, p, truth, st, 1.0, 0.01, 3) for k, (p, st) in enumerate(cases)]
+    m = summarise(recs)
+    assert m["wrong_while_tracking"] == 2
 
 
 def _simulated_worker(stamps, cost, budget):

@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for e in errors:
         print(f"bag problem: {e}")
     keys = ("frames", "trans_err_mm_mean", "trans_err_mm_median", "rot_err_rad_mean", "rot_err_deg_mean",
-            "success_rate", "fps_mean", "latency_ms_p50", "latency_ms_p95", "lost_frames", "longest_lost_s",
-            "lost_stretches", "recoveries", "recovery_s_mean", "skipped_frames", "waited_for_newer")
+            "success_rate", "fps_mean", "latency_ms_p50", "latency_ms_p95", "lost_frames", "wrong_while_tracking",
+            "longest_lost_s", "lost_stretches", "recoveries", "recovery_s_mean", "skipped_frames", "waited_for_newer")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=1, default=float))
     print(f"results in {out}/ (poses.tum, metrics.json" + ("" if args.no_plots or args.framewise else ", *.png") + ")")
     return 0

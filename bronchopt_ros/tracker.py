@@ -200,6 +200,7 @@ class Tracker:
         self._search_cursor = 0  # where the wide search goes on at the next LOST frame
         self.odometry = FrameOdometry(self.odometry_config)
         self._odo_last = None
+        self._odo_update = None  # (gray, camera, pose, stamp, motion) of the last frame: its reference update, deferred
         self.odometry_frames = 0  # frames whose prediction came from the odometry
         self._tracking_times: deque = deque(maxlen=15)  # seconds a frame took, of the last tracked ones
 
@@ -215,6 +216,7 @@ class Tracker:
         self._low = 0
         self._trusted_stamp = None  # a new start: no bound on where the search may look
         self.odometry.reset()
+        self._odo_update = None
 
     @property
     def initialised(self) -> bool:
@@ -274,6 +276,7 @@ class Tracker:
             self.prev_pose = None
             self._trusted_stamp = None
             self.odometry.reset()
+            self._odo_update = None
         since = self.last_stamp if self.last_stamp is not None else -math.inf
         self.last_stamp = frame.stamp
         if self.pose is None:
@@ -283,6 +286,7 @@ class Tracker:
         # The encoder (torch) and the odometry (OpenCV) both release the GIL: on a second core the
         # encoder runs while the odometry follows the corners.
         pending = self._pool().submit(self.predictor, frame) if cfg.parallel else None
+        self._update_odometry_reference()  # (the last frame's, beside the encoder: off its own latency)
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
         # The odometry's reference frame seen from the last processed frame.
@@ -353,18 +357,25 @@ class Tracker:
             # Not trustworthy: keep the last trusted pose as the warm start (coast), no motion model.
             self.prev_pose = None
         if gray is not None:
-            # This frame is the odometry's reference for the next one, seen from the pose the
-            # next frame starts from.
-            if self.odometry.update(gray, frame.camera, self.pose, self.renderer, frame.stamp):
-                self._odo_last = None
-            else:
-                self._odo_last = motion
+            # This frame becomes the odometry's reference for the next one (when due), seen from the
+            # pose the next frame starts from - done at the start of the next frame, beside its
+            # encoder, so this frame's pose goes out without waiting for it (corners, their CT depth
+            # and the photometric reference: ~4-5 ms a renewal).
+            self._odo_update = (gray, frame.camera, self.pose, frame.stamp, motion)
         sim = float(np.clip(1.0 - reg.si_error, 0.0, 1.0)) if math.isfinite(reg.si_error) else 0.0
         elapsed = time.perf_counter() - t0
         if steady:
             self._tracking_times.append(elapsed)
         return TrackResult(frame.stamp, reg.pose, self.state, conf, sim, reg.si_error, reg.iterations,
                            elapsed, reg.valid_fraction, relocalised, odo_inliers, innovation)
+
+    def _update_odometry_reference(self) -> None:
+        """The deferred end of the last frame: keep or renew the odometry's reference frame."""
+        if self._odo_update is None:
+            return
+        gray, camera, pose, stamp, motion = self._odo_update
+        self._odo_update = None
+        self._odo_last = None if self.odometry.update(gray, camera, pose, self.renderer, stamp) else motion
 
     def _budgeted(self, starts: list[Pose], budget: int) -> list[Pose]:
         """At most ``budget`` (>= 2) of the wide search's starts for this frame, the next ones in turn

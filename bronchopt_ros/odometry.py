@@ -75,7 +75,7 @@ class OdometryConfig:
     photometric: bool = True
     photometric_step: float = 2.0  # px between the reference's pixels (at 200 px)
     photometric_keep: float = 0.5  # ... of which this share with the strongest gradient is used
-    photometric_iterations: int = 10  # Gauss-Newton iterations (it stops earlier on an update < 1e-6 rad)
+    photometric_iterations: int = 10  # Gauss-Newton iterations, at most (it stops on an update < 1e-4 rad)
     photometric_huber: float = 8.0  # grey levels (of the shading-normalised image) where the loss turns linear
 
 

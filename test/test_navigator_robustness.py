@@ -39,7 +39,7 @@ def case(tmp_path_factory):
     from bronchopt_ros.sim.case import CaseParams, write_case
 
     out = tmp_path_factory.mktemp("robust") / "case"
-    write_case(out, 3003, CaseParams(n_frames=12, size=96, starts=False),
+    write_case(out, 3003, CaseParams(n_frames=20, size=96, starts=False),
                anatomy=generate_anatomy(3003, AnatomyParams(generations=3)))
     frames, camera, init = [], None, None
     for ev in read_case_bag(out / "procedure"):
@@ -265,16 +265,35 @@ def test_latency_budget_lets_a_stale_frame_go_for_the_next(ros_context, case):
     g = Graph(ros_context, case["dir"] / "airway.ply")
     f, nav, cam, rgb = g.feeder, g.nav, case["camera"], case["frames"]
     try:
-        start_tracking(g, case)  # (the tracker learns what a frame costs)
-        busy = float(np.median(nav.tracker._tracking_times))
-        # A budget this frame time can meet; frames every 0.9 of it: a frame that waited more
-        # than half a frame time would miss it, and the next (due within the period) would not.
-        nav.tracker.config = replace(nav.tracker.config, latency_budget_s=1.5 * busy)
-        n0, w0, d0 = nav.counters["processed"], nav.counters["waited_for_newer"], nav.counters["dropped"]
-        for im in rgb[4:]:
+        start_tracking(g, case)
+        # Every frame made to cost about the same (the encoder padded to 0.2 s): the test paces its
+        # frames by the frame time, which on shared cores varies by +-30 % from frame to frame.
+        real = nav.tracker.predictor
+
+        def steady(frame):
+            t0 = time.monotonic()
+            out = real(frame)
+            time.sleep(max(0.0, 0.2 - (time.monotonic() - t0)))
+            return out
+
+        nav.tracker.predictor = steady
+        nav.tracker._tracking_times.clear()
+        for im in rgb[4:7]:  # three more, one at a time: the tracker learns what a frame costs
+            n = nav.counters["processed"]
             f.frame(im, cam)
-            time.sleep(0.9 * busy)
-        assert wait(lambda: nav.counters["processed"] + nav.counters["dropped"] >= n0 + d0 + len(rgb[4:]), 20)
+            wait(lambda: nav.counters["processed"] > n, 10)
+        busy = float(np.median(nav.tracker._tracking_times))
+        # A budget this frame time can meet; frames every 0.85 of it: a frame that waited more than
+        # 0.55 of a frame time would miss it, and the next (due within the period) would not. (The
+        # node's own guard - waiting must not skip every second frame - holds while its frames
+        # take at most 1.2x this time. An event simulation of this schedule, test_evaluation's
+        # _simulated_worker, waits at least once in 300 of 300 runs with the cost known to 3 %.)
+        nav.tracker.config = replace(nav.tracker.config, latency_budget_s=1.55 * busy)
+        n0, w0, d0 = nav.counters["processed"], nav.counters["waited_for_newer"], nav.counters["dropped"]
+        for im in rgb[7:]:
+            f.frame(im, cam)
+            time.sleep(0.85 * busy)
+        assert wait(lambda: nav.counters["processed"] + nav.counters["dropped"] >= n0 + d0 + len(rgb[7:]), 20)
         c = nav.counters
         assert c["waited_for_newer"] > w0, c
         assert c["processed"] > n0 and nav._worker.is_alive()

@@ -139,31 +139,46 @@ def test_tracker_follows_a_procedure(renderer):
     assert off.wait_for_newer(0.025, period, busy_s=0.03) == 0.0
 
 
-def test_tracker_reports_lost_on_garbage_and_recovers(renderer):
+def _garbage_run(renderer, cfg):
+    """30 frames down the trachea; frames 8-15 give the depth of nothing like an airway (e.g. a
+    fogged lens). Returns the results."""
     poses = _trachea_path(30)
     stamps = [k / 30.0 for k in range(len(poses))]
     truth = dict(zip(stamps, poses))
     good = ExactDepth(renderer, truth)
-    cfg = TrackerConfig(lost_after=3)
     tracker = Tracker(renderer, good, cfg, centerline=_y_centerline())
     rgb = np.zeros((200, 200, 3), np.uint8)
     tracker.initialise(poses[0])
     rng = np.random.default_rng(1)
 
-    def garbage(frame):  # depth of nothing like an airway (e.g. a fogged lens)
+    def garbage(frame):
         cam = frame.camera.scaled(64)
         return DepthTarget.from_depth(np.exp(rng.normal(-3, 1.0, (64, 64))).astype(np.float32), cam)
 
-    states = []
+    out = []
     for k, s in enumerate(stamps):
         tracker.predictor = garbage if 8 <= k < 16 else good
-        states.append(tracker.process(Frame(rgb, CAM, s)).state)
+        out.append(tracker.process(Frame(rgb, CAM, s)))
+    return out
+
+
+def test_tracker_reports_lost_on_garbage_and_recovers(renderer):
+    states = [r.state for r in _garbage_run(renderer, TrackerConfig(lost_after=3, lost_at_once=0.0))]
     assert all(st == TrackState.TRACKING for st in states[:8])
     assert TrackState.LOST in states[8:16] or TrackState.RELOCALISING in states[8:16]
     # Hysteresis: it does not flip to LOST on the first bad frame.
     assert states[8] == TrackState.TRACKING
     # With good frames again it recovers (the pose was not thrown away).
     assert states[-1] == TrackState.TRACKING
+
+
+def test_a_frame_far_below_the_threshold_is_lost_at_once(renderer):
+    """A confidence under lost_at_once skips the hysteresis: no frame that bad goes out as TRACKING."""
+    res = _garbage_run(renderer, TrackerConfig(lost_after=3, lost_at_once=0.1))
+    assert all(r.state == TrackState.TRACKING for r in res[:8])
+    assert res[8].confidence < 0.1 and res[8].state == TrackState.LOST
+    assert not any(r.state == TrackState.TRACKING and r.confidence < 0.1 for r in res)
+    assert res[-1].state == TrackState.TRACKING
 
 
 def test_stamp_going_backwards_drops_the_motion_model(renderer):

@@ -86,6 +86,8 @@ TRACKER_DOCS = {
     "min_valid_fraction": ("Rendered pixel share below which a pose is not trusted.", (0.0, 1.0)),
     "lost_below": ("Confidence below which a frame counts towards LOST.", (0.0, 1.0)),
     "lost_after": ("Consecutive low-confidence frames before LOST.", (1, 1000)),
+    "lost_at_once": ("Confidence below which a frame means LOST at once, without the hysteresis (0: never).",
+                     (0.0, 1.0)),
     "recover_above": ("Confidence needed to return to TRACKING (hysteresis).", (0.0, 1.0)),
     "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "

@@ -70,8 +70,8 @@ class OdometryConfig:
     # After PnP the rotation is refined by direct alignment of the reference frame's pixels
     # (bronchopt_ros.photometric): LK under-measures the roll where cartilage rings fill its windows
     # (validation, six procedures: 1.41 mm / 0.091 rad / 89 % within 5 mm and 10 deg without it,
-    # 1.38-1.42 / 0.059-0.069 / 95-99.8 % with it over four numerically equivalent versions; test
-    # tracking 1.22 / 0.057 -> 1.19-1.22 / 0.043-0.045). The odometry
+    # 1.41 / 0.065 / 96.7 % with it; test tracking 1.22 / 0.057 -> 1.19-1.21 / 0.043-0.045; the
+    # demo procedure, with a lens bubble, 1.35 / 0.110 -> 1.22 / 0.095). The odometry
     # takes ~4 ms more a frame (8 -> 12.5 ms), still less than the encoder beside it.
     photometric: bool = True
     photometric_step: float = 2.0  # px between the reference's pixels (at 200 px)

@@ -10,8 +10,8 @@ roll on the faintly textured ones, 0.95 on the others), and the bias adds up fra
 Warping the reference frame's pixels into the new frame as a whole has no such bias: each pixel is
 lifted with the CT depth and moved by the camera's motion, a ring's pixels land on the same ring
 whatever the roll, and only the texture decides (0.85-0.95 of the true roll on the same frames
-after this refinement of PnP's rotation; tracking the six validation procedures: 0.091 ->
-0.059-0.069 rad mean rotation error, 89 -> 95-99.8 % of frames within 5 mm and 10 deg).
+after this refinement of PnP's rotation; tracking the six validation procedures: 0.091 -> 0.065
+rad mean rotation error, 89 -> 96.7 % of frames within 5 mm and 10 deg).
 So after PnP the rotation is refined by Gauss-Newton on the photometric error between the
 reference's strongest-gradient pixels and the new frame (both shading-normalised by
 :func:`bronchopt_ros.odometry.to_gray`, so the scope's own light and the auto-gain cancel), in

@@ -9,7 +9,7 @@ import json
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +67,18 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
     ``realtime``: replay as the node sees a live camera instead of every frame: while the tracker
     is busy the frames queue in a one-slot buffer (the newest wins), so frames are skipped. The
     tracker is busy ``realtime`` seconds per frame, or its measured time per frame when 0. Only
-    the processed frames are recorded (the node publishes nothing for the others).
+    the processed frames are recorded (the node publishes nothing for the others). The replay runs
+    in real time (it sleeps until a frame's turn), so a pipelined tracker's background work gets the
+    idle time between frames it gets in the node; without ``realtime`` every frame is registered
+    before the next (``registration_wait_s`` inf).
 
     ``on_result(tracker, frame, result)``, if given, is called after each frame (for studies).
 
     Returns (records, errors, tracker): errors are the bag's damage reports (kept going past them)."""
     case = Path(case)
     cfg = cfg or PipelineConfig()
+    if realtime is None:  # every frame registered before the next (a pipelined tracker waits for it)
+        cfg = replace(cfg, tracker=replace(cfg.tracker, registration_wait_s=math.inf))
     airway = load_case_airway(case)
     tracker = build_tracker(airway, cfg, encoder=encoder, predictor=predictor)
     truth = _truth_by_stamp(case)
@@ -82,6 +87,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
     camera: Camera | None = None
     bar = _bar(progress, "tracking")
     slot = _NewestFrameSlot(realtime, wait_for_newer=tracker.wait_for_newer) if realtime is not None else None
+    clock = None  # (realtime) perf_counter() minus the replay's time
     for ev in _with_end(read_case_bag(case / "procedure")):
         if ev is None:  # end of the bag: the frame still waiting in the slot is processed
             ev = slot.take_last() if slot is not None else None
@@ -107,6 +113,13 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
             except ValueError as exc:
                 errors.append(f"image at {ev.stamp_ns} ns: {exc}")
                 continue
+            if slot is not None:
+                # In real time from here on: what a pipelined tracker finishes in the background
+                # gets the idle time between frames it gets in the node.
+                clock = time.perf_counter() - slot.start if clock is None else clock
+                lag = slot.start - (time.perf_counter() - clock)
+                if lag > 0:
+                    time.sleep(lag)
             index = getattr(tracker.relocaliser, "index", None)
             was_ready = index is None or index.ready
             skipped = []

@@ -3,6 +3,7 @@ tracker with both, on a real textured tube mesh (the encoder's ToyWorld) with ex
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -229,14 +230,13 @@ class _StraightTube:
         self.raycaster = Raycaster(v, f)
 
 
-def test_tracker_with_odometry_follows_a_featureless_tube():
-    """Exact depth of a straight tube, textured frames, 30 frames sliding 0.5 mm and rolling
-    0.01 rad each: the depth cannot see either motion, so without odometry the tracker stays
-    behind; with it the tracker follows."""
+def _sliding_tube(n: int = 30, delay_s: float = 0.0):
+    """A straight tube, a path sliding 0.5 mm and rolling 0.01 rad a frame, and a depth predictor
+    giving the exact depth of each frame's true pose (after ``delay_s``: a slow encoder)."""
     tube = _StraightTube()
     renderer = CpuRenderer(tube.raycaster.vertices, tube.raycaster.faces)
     poses = []
-    for k in range(30):
+    for k in range(n):
         eye = np.array([0.0008 * np.sin(0.3 * k), 0.0005 * np.cos(0.2 * k), 0.05 + 0.0005 * k])
         poses.append(Pose.look_at(eye, eye + np.array([0.05, 0.02, 1.0]), up=(1.0, 0.0, 0.0)).retract(
             [0, 0, 0, 0, 0, 0.01 * k]))
@@ -244,13 +244,50 @@ def test_tracker_with_odometry_follows_a_featureless_tube():
     truth = dict(zip(stamps, poses))
 
     def exact(frame):
+        time.sleep(delay_s)
         cam = frame.camera.scaled(64)
         return DepthTarget.from_depth(renderer.render(cam, truth[frame.stamp], normals=False).depth, cam)
 
     exact.name = "exact"
+    return tube, renderer, poses, stamps, exact
+
+
+def test_pipelined_tracker_does_not_wait_for_a_slow_registration():
+    """Registration (here an encoder taking 0.25 s) slower than the frames: pipelined with no wait,
+    each pose goes out on the odometry at once, the registrations land when they are done and are
+    folded into the later estimates (as rigid corrections: the estimate stays a rotation), and
+    the frames in between go out unregistered."""
+    tube, renderer, poses, stamps, slow = _sliding_tube(24, delay_s=0.25)
+    cfg = TrackerConfig(pipelined=True, registration_wait_s=0.0)
+    tracker = Tracker(renderer, slow, cfg)
+    tracker.initialise(poses[0])
+    res = []
+    for s, p in zip(stamps, poses):
+        res.append(tracker.process(Frame(_rgb(tube, p), CAM, s)))
+    tracker.close()
+    assert res[0].registered and res[0].time_s > 0.25  # the initialisation is registered before it goes out
+    late = res[1:]
+    assert all(r.state == TrackState.TRACKING and not r.registered for r in late)
+    assert max(r.time_s for r in late) < 0.2  # never held back for the 0.25 s registration
+    assert 0 < tracker.unregistered < len(late)  # some were registered in the background, not all
+    err = [r.pose.translation_error(p) for r, p in zip(res, poses)]
+    assert np.mean(err) < 1.0 * MM
+    assert np.mean([r.pose.rotation_error(p) for r, p in zip(res, poses)]) < 0.01  # (the path rolls 0.23 rad)
+    for r in res:
+        np.testing.assert_allclose(r.pose.R.T @ r.pose.R, np.eye(3), atol=1e-9)
+
+
+def test_tracker_with_odometry_follows_a_featureless_tube():
+    """Exact depth of a straight tube, textured frames, 30 frames sliding 0.5 mm and rolling
+    0.01 rad each: the depth cannot see either motion, so without odometry the tracker stays
+    behind; with it the tracker follows."""
+    tube, renderer, poses, stamps, exact = _sliding_tube()
     errs, estimates = {}, {}
-    for odometry, parallel in ((True, False), (False, False), (True, True)):
-        tracker = Tracker(renderer, exact, TrackerConfig(odometry=odometry, parallel=parallel))
+    registered = []
+    for odometry, parallel, pipelined in ((True, False, False), (False, False, False), (True, True, False),
+                                          (True, True, True)):
+        tracker = Tracker(renderer, exact, TrackerConfig(odometry=odometry, parallel=parallel, pipelined=pipelined,
+                                                         registration_wait_s=math.inf))
         tracker.initialise(poses[0])
         e, r, est = [], [], []
         for s, p in zip(stamps, poses):
@@ -259,11 +296,19 @@ def test_tracker_with_odometry_follows_a_featureless_tube():
             e.append(res.pose.translation_error(p))
             r.append(res.pose.rotation_error(p))
             est.append(res.pose.matrix)
-        estimates[odometry, parallel] = np.array(est)
-        if not parallel:
-            errs[odometry] = (float(np.mean(e)), float(np.mean(r)), tracker.odometry_frames)
+            if pipelined:
+                registered.append(res.registered)
+        tracker.close()
+        estimates[odometry, parallel, pipelined] = np.array(est)
+        errs[odometry, parallel, pipelined] = (float(np.mean(e)), float(np.mean(r)), tracker.odometry_frames)
     # The encoder on its own thread beside the odometry: the very same estimates.
-    np.testing.assert_array_equal(estimates[True, True], estimates[True, False])
+    np.testing.assert_array_equal(estimates[True, True, False], estimates[True, False, False])
+    # Pipelined (each pose out before its registration, which the next frame folds in): the
+    # first frame (the initialisation) is registered, the others go out on the odometry, and
+    # follow the tube as closely.
+    assert registered[0] and not any(registered[1:])
+    assert errs[True, True, True][0] < 1.0 * MM and errs[True, True, True][1] < 0.005
+    errs = {odometry: errs[odometry, False, False] for odometry in (True, False)}
     assert errs[True][2] >= 27  # the odometry predicted (nearly) every frame
     assert errs[False][2] == 0
     assert errs[False][0] > 5 * MM  # left behind: the depth alone cannot follow

@@ -137,6 +137,7 @@ def _score(case: Path, collector: ResultCollector) -> dict:
     if collector.latency_ms:
         lat = np.asarray(collector.latency_ms)
         out["latency_ms_p50"], out["latency_ms_p95"] = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+        out["latency_ms"] = [round(x, 1) for x in lat.tolist()]  # each processed frame's, in order
     return out
 
 

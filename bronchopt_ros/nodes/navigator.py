@@ -92,6 +92,12 @@ TRACKER_DOCS = {
     "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
                  "1-2 s under a flood of frames published in-process).", None),
+    "pipelined": ("While tracking, a frame's pose (the odometry's prediction from the last registered frame) goes "
+                  "out before its registration, which finishes beside the next frame's odometry (needs parallel).",
+                  None),
+    "registration_wait_s": ("Pipelined: how long (s) a frame's pose may wait for the last frame's registration "
+                            "still in flight; not done by then, the frame goes out on the odometry alone, "
+                            "unregistered (registration as often as the cores allow).", (0.0, 1.0)),
     "threads": ("torch intra-op threads of the solver.", (1, 64)),
     "catch_up": ("While the odometry knows no velocity (after a (re)initialisation or a failure), or after a gap "
                  "longer than catch_up_gap_s, it first follows the corners through up to this many of the frames "
@@ -337,6 +343,11 @@ class Navigator(Node):
                     self._pending_init = init_pose
                 if frame_msg is not None:
                     self._process(frame_msg, arrival, skipped_msgs)
+                    with self._lock:
+                        idle = self._frame_msg is None
+                    if idle and self.tracker is not None:
+                        self.tracker.prepare_next()  # (before the next frame comes, off its latency)
+                        self._send_path()
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
                 self.counters["rejected"] += 1
                 self._throttled("worker", f"frame processing failed: {type(exc).__name__}: {exc}\n"
@@ -439,8 +450,7 @@ class Navigator(Node):
         if self._last_stamp is not None and stamp < self._last_stamp:
             self.counters["stamp_resets"] += 1
             self.get_logger().warning("image stamps went backwards (bag loop?): resetting the trajectory")
-            self._reset_path()
-            self.tracker.prev_pose = None
+            self._reset_path()  # (the tracker resets its motion model itself)
         self._last_stamp = stamp
         try:
             rgb = msg_to_rgb8(msg)
@@ -469,21 +479,22 @@ class Navigator(Node):
         self.state = res.state
         self.message = ""
         trusted = res.state == TrackState.TRACKING or self.publish_when_lost
+        ps = None
         if res.pose is not None and trusted:
             ps = rc.pose_stamped(res.pose, msg.header.stamp, self.ct_frame)
             self.pose_pub.publish(ps)
             if self.publish_tf:
                 self.tf.send(rc.transform_stamped(res.pose, msg.header.stamp, self.ct_frame, self.camera_frame))
+        now = time.monotonic()  # the pose is out: the path and the status follow
+        self.lat_proc.append(1e3 * (now - arrival))
+        self.lat_img.append(1e3 * (rc.stamp_to_sec(self.get_clock().now().to_msg()) - stamp))
+        if ps is not None:
             with self._path_lock:
                 self.path.poses.append(ps)
                 if len(self.path.poses) > self.path_max:
                     del self.path.poses[: len(self.path.poses) - self.path_max]
                 self.path.header.stamp = msg.header.stamp
                 self._path_dirty = True
-            self._send_path()
-        now = time.monotonic()
-        self.lat_proc.append(1e3 * (now - arrival))
-        self.lat_img.append(1e3 * (rc.stamp_to_sec(self.get_clock().now().to_msg()) - stamp))
         self.proc_times.append(now)
         self.last_result = res
         self._publish_status(res, msg.header.stamp)

@@ -135,9 +135,15 @@ class TrackerConfig:
     # the corners or the roll (test procedure 3100 at the camera's rate: 0.2-0.3 rad of roll lost
     # at once). Then the corners are followed through up to this many of the skipped frames first
     # (odometry only, ~10 ms each), evenly spread over the gap; also when the gap is longer than
-    # catch_up_gap_s (a stall of the video). 0: never.
+    # catch_up_gap_s (a stall of the video; 0.09: from two frames skipped at 30 frames/s on - at
+    # 0.1 a three-frame step, 0.1 s up to rounding, was followed or not by chance, and one not
+    # followed right after the start lost the corners (11 PnP inliers of 12), so the full solver
+    # registered it from the stale pose 2.9 mm off along the bronchus, which the depth could not
+    # see: a node run of test procedure 3100, replayed offline frame by frame, 2.34 -> 1.40 mm).
+    # Lower (0.05: every skipped frame followed) cascades: the catch-up's time skips more frames
+    # (validation at the camera's rate: 66 -> 332 skipped, p95 latency 45 -> 98 ms). 0: never.
     catch_up: int = 4
-    catch_up_gap_s: float = 0.1
+    catch_up_gap_s: float = 0.09
     # Receive-to-pose latency budget of a live camera's frames (the node's queue, and eval --realtime
     # which replays it): when the worker gets free and the newest frame has waited so long that its
     # wait plus the recent processing time (median of the last frames) would pass the budget, while

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.tum import write_tum
+
 DEMO_SEED = 3000
 
 
@@ -231,7 +233,10 @@ def run(args: argparse.Namespace) -> int:
                 out = Path(args.out)
                 out.mkdir(parents=True, exist_ok=True)
                 (out / "navigate_metrics.json").write_text(json.dumps(scores, indent=2, default=float))
-                print(f"navigate: scores written to {out / 'navigate_metrics.json'}")
+                with collector.lock:  # the published trajectory (evo_ape tum truth.tum poses.tum)
+                    published = sorted(collector.poses.items())
+                write_tum(out / "poses.tum", [ns * 1e-9 for ns, _ in published], [p for _, p in published])
+                print(f"navigate: scores written to {out / 'navigate_metrics.json'} (poses: {out / 'poses.tum'})")
         else:
             while True:
                 time.sleep(1.0)

@@ -157,3 +157,18 @@ def test_launch_file_parses():
     spec.loader.exec_module(mod)
     ld = mod.generate_launch_description()
     assert len(ld.entities) >= 8
+
+
+def test_navigate_stops_when_a_node_process_dies(case, tmp_path):
+    """``bronchopt navigate --multi-process`` with a navigator that cannot start (a parameter out of
+    its declared range): a clear message and a non-zero exit soon, not a wait of minutes."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "bronchopt"
+    t0 = time.monotonic()
+    done = subprocess.run([str(exe), "navigate", "--case", str(case), "--multi-process", "--out", str(tmp_path),
+                           "-p", "tracker.lost_after:=0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "the navigator process exited" in done.stderr
+    assert time.monotonic() - t0 < 60

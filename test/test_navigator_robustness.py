@@ -229,12 +229,18 @@ def start_tracking(g, case):
 
 
 def test_flood_keeps_latency_bounded(ros_context, case):
-    g = Graph(ros_context, case["dir"] / "airway.ply")
+    from dataclasses import replace
+
+    # The yardstick is a frame's whole work, its registration included: the first frames are
+    # registered before their poses go out; then the flood meets the default, pipelined tracker
+    # (whose worker time alone leaves the registration out).
+    g = Graph(ros_context, case["dir"] / "airway.ply", {"tracker.pipelined": False})
     f, nav, cam, rgb = g.feeder, g.nav, case["camera"], case["frames"]
     try:
         start_tracking(g, case)
         # Measure the processing rate, then send frames 4x faster than that for ~4 s.
         proc_s = float(np.median(list(nav.lat_proc))) / 1e3
+        nav.tracker.config = replace(nav.tracker.config, pipelined=True)
         period = max(proc_s / 4.0, 0.002)
         sent = 0
         t_end = time.monotonic() + 4.0

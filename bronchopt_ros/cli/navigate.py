@@ -205,21 +205,36 @@ def run(args: argparse.Namespace) -> int:
     spin = threading.Thread(target=ex.spin, daemon=True)
     spin.start()
     rc_ = 0
+
+    def exited() -> str | None:
+        """A node process that has ended (--multi-process): what to say, else None."""
+        for name, p in zip(("airway_server", "navigator"), procs):
+            if p.poll() is not None:
+                return f"navigate: the {name} process exited (code {p.returncode}); see its log above"
+        return None
+
     try:
         if player is not None:
             # Wait until the navigator has its mesh (encoder loaded), then play.
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and (collector.status is None or collector.status.state == 4):
+            while time.monotonic() < deadline and (collector.status is None or collector.status.state == 4) \
+                    and not exited():
                 time.sleep(0.1)
             # ... and its relocalisation index: a build beside the tracking slows every frame (once
             # per airway: the node keeps it in relocalisation_cache).
             time.sleep(1.5)  # one diagnostics period
             if collector.index_state == "building":
                 print("navigate: waiting for the relocalisation index (built once per airway, ~35 s on 2 cores)")
-                while time.monotonic() < deadline + 300 and collector.index_state == "building":
+                while time.monotonic() < deadline + 300 and collector.index_state == "building" and not exited():
                     time.sleep(0.2)
+            if exited():
+                print(exited(), file=sys.stderr)
+                return 1
             player.start()
-            player.done.wait()
+            while not player.done.wait(0.5):
+                if exited():  # (the bag would play to nobody)
+                    print(exited(), file=sys.stderr)
+                    return 1
             # Let the navigator finish the last frame.
             last = -1
             while collector.status is not None and collector.status.frames_processed != last:

@@ -7,6 +7,13 @@ prediction and held near it by a pose prior (:mod:`bronchopt_ros.registration`),
 state machine with hysteresis: INITIALISING -> TRACKING <-> LOST (-> RELOCALISING when a
 relocaliser is given). A confident wrong pose is never reported as TRACKING: while LOST the
 result carries the state, and callers decide (config) whether to publish the pose at all.
+
+Pipelined (``TrackerConfig.pipelined``, the default): while TRACKING, a frame's result is the
+odometry's prediction, returned before the frame's registration, which runs on the encoder's
+thread beside the next frame's odometry and is folded into the estimate then (a sudden failure
+is therefore noticed one frame later). ``bronchopt eval`` on every frame waits for each
+registration; a live caller lets a frame go out unregistered when the cores are behind
+(``registration_wait_s``).
 """
 from __future__ import annotations
 

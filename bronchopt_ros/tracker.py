@@ -463,7 +463,7 @@ class Tracker:
         """Wait up to ``timeout`` s for the registration in flight (pipelined) and fold it into the
         estimate: the correction it made to its frame's prediction is applied to the estimate (of
         that frame, or of a later one that went out on the odometry alone). False: still running."""
-        job = getattr(self, "_inflight", None)
+        job = self._inflight
         if job is None:
             return True
         try:

@@ -276,16 +276,18 @@ class RGBGraph(nn.Module):
         return self.embed(embed_input(log_depth, hit_prob, feats))
 
 
-def rgb_outputs(dense: torch.Tensor, feats: torch.Tensor, embedding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def rgb_outputs(dense: torch.Tensor, feats: torch.Tensor, embedding: torch.Tensor | None = None,
+                normals: bool = True) -> dict[str, torch.Tensor]:
     """Split the RGB graph's raw outputs: log_depth (zero-median over the pixels predicted to hit
-    a surface), log_sigma, hit_prob, [normals,] features[, embedding]. All (B, ...)."""
+    a surface), log_sigma, hit_prob, [normals,] features[, embedding]. All (B, ...). ``normals``
+    False leaves the normals (a training target, unused at run time) out."""
     hit_prob = torch.sigmoid(dense[:, 2:3])
     valid = hit_prob > 0.5
     valid = valid | (~valid.flatten(1).any(1)).view(-1, 1, 1, 1)  # never an empty mask
     raw = dense[:, 0:1]
     out = {"log_depth": raw - masked_median(raw, valid).view(-1, 1, 1, 1),
            "log_sigma": dense[:, 1:2].clamp(-7.0, 3.0), "hit_prob": hit_prob, "features": feats}
-    if dense.shape[1] >= 6:
+    if normals and dense.shape[1] >= 6:
         out["normals"] = F.normalize(dense[:, 3:6], dim=1)
     if embedding is not None:
         out["embedding"] = embedding

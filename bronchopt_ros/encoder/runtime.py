@@ -42,7 +42,7 @@ class RGBEncoding:
     * ``embedding`` (D,): global L2-normalised embedding (relocalisation); None when encoded with
       ``embedding=False`` (:meth:`Encoder.embed_rgb` makes it then).
     * ``hit_prob`` (S, S): probability that the pixel's ray hits the wall (not a far opening).
-    * ``log_sigma`` (S, S), ``normals`` (3, S, S) camera frame, or None.
+    * ``log_sigma`` (S, S): log of the predicted log-depth error.
     """
 
     log_depth: torch.Tensor
@@ -51,7 +51,6 @@ class RGBEncoding:
     embedding: torch.Tensor | None
     hit_prob: torch.Tensor
     log_sigma: torch.Tensor
-    normals: torch.Tensor | None = None
 
 
 def load_net(path: str | Path, map_location="cpu") -> tuple[EncoderNet, dict]:
@@ -147,13 +146,13 @@ class Encoder:
                 dense, feats, emb = self._backend(x)
             else:
                 dense, feats, emb = self._backend(x, embedding=False)
-            out = rgb_outputs(dense.to(self.device), feats.to(self.device), None if emb is None else emb.to(self.device))
+            out = rgb_outputs(dense.to(self.device), feats.to(self.device), None if emb is None else emb.to(self.device),
+                              normals=False)  # (a training target: 1.2 ms a frame here, unused at run time)
         sigma = torch.exp(out["log_sigma"])
         conf = out["hit_prob"] / (1.0 + (sigma / CONFIDENCE_SIGMA) ** 2)
         return RGBEncoding(out["log_depth"][0, 0], conf[0, 0], out["features"][0],
                            out["embedding"][0] if "embedding" in out else None,
-                           out["hit_prob"][0, 0], out["log_sigma"][0, 0],
-                           out["normals"][0] if "normals" in out else None)
+                           out["hit_prob"][0, 0], out["log_sigma"][0, 0])
 
     def embed_rgb(self, enc: RGBEncoding) -> torch.Tensor:
         """The global embedding (D,) of a frame's encoding (its own, or made now from its outputs

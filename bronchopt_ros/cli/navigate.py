@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.tum import write_tum
-
 DEMO_SEED = 3000
 
 
@@ -227,14 +225,14 @@ def run(args: argparse.Namespace) -> int:
                 print("navigate: waiting for the relocalisation index (built once per airway, ~35 s on 2 cores)")
                 while time.monotonic() < deadline + 300 and collector.index_state == "building" and not exited():
                     time.sleep(0.2)
-            if exited():
-                print(exited(), file=sys.stderr)
+            dead = exited()
+            if dead is None:
+                player.start()
+            while dead is None and not player.done.wait(0.5):
+                dead = exited()  # (the bag would play to nobody)
+            if dead is not None:
+                print(dead, file=sys.stderr)
                 return 1
-            player.start()
-            while not player.done.wait(0.5):
-                if exited():  # (the bag would play to nobody)
-                    print(exited(), file=sys.stderr)
-                    return 1
             # Let the navigator finish the last frame.
             last = -1
             while collector.status is not None and collector.status.frames_processed != last:
@@ -248,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
                 out = Path(args.out)
                 out.mkdir(parents=True, exist_ok=True)
                 (out / "navigate_metrics.json").write_text(json.dumps(scores, indent=2, default=float))
+                from ..io.tum import write_tum  # (after the bag: a torch import would stall the player)
+
                 with collector.lock:  # the published trajectory (evo_ape tum truth.tum poses.tum)
                     published = sorted(collector.poses.items())
                 write_tum(out / "poses.tum", [ns * 1e-9 for ns, _ in published], [p for _, p in published])

@@ -19,6 +19,7 @@ from .geometry import Camera, Pose
 from .io.bag import read_case_bag
 from .io.tum import read_tum, write_tum
 from .pipeline import PipelineConfig, build_tracker, prepare_frame
+from .skipped_frames import SkippedFrames
 from .tracker import TrackState
 
 __all__ = ["FrameRecord", "track_case", "framewise_case", "summarise", "LEVELS"]
@@ -86,7 +87,8 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
     errors: list[str] = []
     camera: Camera | None = None
     bar = _bar(progress, "tracking")
-    slot = _NewestFrameSlot(realtime, wait_for_newer=tracker.wait_for_newer) if realtime is not None else None
+    slot = (_NewestFrameSlot(realtime, keep_skipped=tracker.config.catch_up_max, wait_for_newer=tracker.wait_for_newer)
+            if realtime is not None else None)
     clock = None  # (realtime) perf_counter() minus the replay's time
     for ev in _with_end(read_case_bag(case / "procedure")):
         if ev is None:  # end of the bag: the frame still waiting in the slot is processed
@@ -172,7 +174,7 @@ class _NewestFrameSlot:
     budget, as in the node) says so, lets it go and waits for the next one. :meth:`offer` returns
     the frame the worker takes next (or None)."""
 
-    def __init__(self, cost_s: float, keep_skipped: int = 8, wait_for_newer=None):
+    def __init__(self, cost_s: float, keep_skipped: int = 24, wait_for_newer=None):
         self.cost_s = cost_s  # seconds the worker is busy per frame (0: the measured time)
         self.wait_for_newer = wait_for_newer
         self.pending = None
@@ -181,16 +183,15 @@ class _NewestFrameSlot:
         self.skipped = 0
         self.waited_for_newer = 0
         self._stamps: deque = deque(maxlen=16)  # the last frames' stamps (the camera's period)
-        self._recent: deque = deque(maxlen=keep_skipped)  # the last frames skipped since a take
+        self._recent = SkippedFrames(max(2, keep_skipped))  # the frames skipped since a take, as the node keeps them
         self.taken_skipped: list = []  # ... those before the frame just taken (oldest first)
 
     def _skip_pending(self) -> None:
         self.skipped += 1
-        self._recent.append(self.pending)
+        self._recent.append(self.pending, self.pending.stamp_s)
 
     def _take(self, ev, start: float):
-        self.taken_skipped = list(self._recent)
-        self._recent.clear()
+        self.taken_skipped = self._recent.take()
         self.start = start
         return ev
 

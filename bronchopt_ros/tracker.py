@@ -151,6 +151,20 @@ class TrackerConfig:
     # (validation at the camera's rate: 66 -> 332 skipped, p95 latency 45 -> 98 ms). 0: never.
     catch_up: int = 4
     catch_up_gap_s: float = 0.09
+    # A long stall (a slow first frame: up to 2 s seen in the node on a busy machine) is followed
+    # through more of the skipped frames: as many as keep each step within catch_up_step_s (0.035:
+    # every frame at 30 frames/s), up to catch_up_max (~15 ms each). The node keeps catch_up_max of
+    # the frames it drops, thinned evenly over the gap (:class:`SkippedFrames`), not only the last
+    # ones. A node run of the demo, replayed offline frame by frame: a 0.88 s first frame, the old
+    # catch-up's first step 0.6 s long, the corners lost, the full solver registered from the stale
+    # pose 10.9 mm off; following every frame 1.08 mm (every frame tracked: 1.24). Two-frame steps
+    # (0.07) lost the corners right after the initialisation (no velocity known yet): 8.8 mm.
+    catch_up_step_s: float = 0.035
+    catch_up_max: int = 32
+    # ... and never more than fit in this share of the gap at the follows' measured cost: a
+    # catch-up that grew with the gap and took longer than the video it covered would widen the
+    # next gap, and so on (a flood of frames into the node on a loaded machine did so).
+    catch_up_time_share: float = 0.5
     # Receive-to-pose latency budget of a live camera's frames (the node's queue, and eval --realtime
     # which replays it): when the worker gets free and the newest frame has waited so long that its
     # wait plus the recent processing time (median of the last frames) would pass the budget, while
@@ -246,6 +260,7 @@ class Tracker:
         self._odo_update = None  # (gray, camera, pose, stamp, motion) of the last frame: its reference update, deferred
         self.odometry_frames = 0  # frames whose prediction came from the odometry
         self._tracking_times: deque = deque(maxlen=15)  # seconds a frame took, of the last tracked ones
+        self._follow_times: deque = deque(maxlen=16)  # seconds the odometry took per followed skipped frame
 
     def initialise(self, pose: Pose, covariance: np.ndarray | None = None) -> None:
         """(Re)initialise at ``pose`` (e.g. from /initialpose); the next frame starts from it with
@@ -276,17 +291,39 @@ class Tracker:
         return self.pose.retract(self.config.motion_damping * delta.log())
 
     def select_skipped(self, stamps: Sequence[float], stamp: float) -> list[int]:
-        """Which of the frames skipped since the last processed one (their ``stamps``) the odometry
-        should follow before the frame at ``stamp``: none while it knows the velocity and the gap
-        is at most ``catch_up_gap_s``; else up to ``catch_up`` of them, evenly spread (indices)."""
+        """Which of the frames skipped since the last processed one (their ``stamps``, ascending)
+        the odometry should follow before the frame at ``stamp`` (indices): none while it knows the
+        velocity and the gap is at most ``catch_up_gap_s``; else ``catch_up`` of them, evenly
+        spread, the first and the last among them; over a stall too long for that, as many as
+        keep each step within ``catch_up_step_s`` where the frames allow (at most ``catch_up_max``)."""
         cfg = self.config
         if (not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.last_stamp is None
                 or (self.odometry.has_velocity and stamp - self.last_stamp <= cfg.catch_up_gap_s)):
             return []
         idx = [i for i, t in enumerate(stamps) if self.last_stamp < t < stamp]
-        if len(idx) > cfg.catch_up:
-            idx = [idx[k] for k in sorted(set(np.round(np.linspace(0, len(idx) - 1, cfg.catch_up)).astype(int)))]
-        return idx
+        if len(idx) <= cfg.catch_up:
+            return idx
+        if cfg.catch_up_step_s > 0:
+            # Greedy: from the last processed frame, each time the furthest frame within a step
+            # (or, past a hole in the frames, the next one), until the frame itself is within one.
+            steps, at, k = [], self.last_stamp, 0
+            while stamp - at > cfg.catch_up_step_s and k < len(idx):
+                j = k
+                while j + 1 < len(idx) and stamps[idx[j + 1]] - at <= cfg.catch_up_step_s:
+                    j += 1
+                steps.append(idx[j])
+                at, k = stamps[idx[j]], j + 1
+            most = cfg.catch_up_max
+            if len(self._follow_times) >= 3:
+                most = min(most, int(cfg.catch_up_time_share * (stamp - self.last_stamp)
+                                     / max(float(np.median(self._follow_times)), 1e-4)))
+            most = max(most, cfg.catch_up)
+            if cfg.catch_up < len(steps) <= most:
+                return steps
+            n = cfg.catch_up if len(steps) <= cfg.catch_up else most
+        else:
+            n = cfg.catch_up
+        return [idx[k] for k in sorted(set(np.round(np.linspace(0, len(idx) - 1, n)).astype(int)))]
 
     def wait_for_newer(self, waited_s: float, period_s: float, busy_s: float | None = None) -> float:
         """Seconds the worker, free now, should wait for a newer frame instead of taking the newest
@@ -336,6 +373,7 @@ class Tracker:
         self._update_odometry_reference()  # (the last frame's, beside the encoder: off its own latency)
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
+        followed = 0  # skipped frames the odometry followed before this one
         # The odometry's reference frame seen from the last processed frame.
         offset = Pose.identity() if self._odo_last is None else self._odo_last.motion.inv()
         if self._pending_init is None and gray is not None:
@@ -343,16 +381,25 @@ class Tracker:
             if follow:
                 self._settle()  # (a new reference on the way is lifted at the last estimate)
             for f in follow:
+                t_follow = time.perf_counter()
                 g = to_gray(f.rgb)
                 if not self.odometry.follow(g, f.camera, f.stamp):
                     break
+                followed += 1
                 if self.odometry.due():  # a new reference on the way: over a long gap the corners die out
                     offset = offset @ self.odometry.last.motion
                     if not self.odometry.keyframe(g, f.camera, self.pose @ offset, self.renderer, f.stamp):
                         break
+                self._follow_times.append(time.perf_counter() - t_follow)
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
+        # A stall followed through more than twice the ordinary catch-up's frames: the chained
+        # prediction has drifted (each unregistered step adds to it; the prior below is widened
+        # by sqrt(1 + followed)), so this frame is registered before its pose goes out (the
+        # demo's stall above: 2.42 -> 0.92 mm; the full solver instead, 1.08 mm, cascaded under a
+        # flood of frames).
+        stalled = followed > 2 * cfg.catch_up
         pipelined = (cfg.pipelined and pending is not None and motion is not None and self._pending_init is None
-                     and self.state == TrackState.TRACKING and self._last_result is not None)
+                     and self.state == TrackState.TRACKING and self._last_result is not None and not stalled)
         if not self._settle(cfg.registration_wait_s if pipelined else math.inf):
             # The last frame's registration is still running (the cores are busy): this frame goes
             # out on the odometry alone, unregistered; that registration is folded in next frame.
@@ -375,7 +422,10 @@ class Tracker:
             pred = self.pose @ offset @ motion.motion
             self.odometry_frames += 1
             if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
-                prior = PosePrior(pred, cfg.prior_sigma_m, cfg.prior_sigma_rad, cfg.prior_sigma_roll or None)
+                # (the prediction's error grows like a random walk over the steps not registered)
+                k = math.sqrt(1 + followed)
+                prior = PosePrior(pred, k * cfg.prior_sigma_m, k * cfg.prior_sigma_rad,
+                                  k * cfg.prior_sigma_roll if cfg.prior_sigma_roll else None)
         starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
         if self.prev_pose is not None and cfg.motion_damping > 0 and cfg.hypotheses > 1:
             starts.append(self.pose)

@@ -277,8 +277,9 @@ def test_lost_search_is_spread_over_frames(renderer):
 def test_skipped_frames_are_chosen_only_when_needed_and_spread_over_the_gap(renderer):
     """``select_skipped``: nothing while initialising or with a known velocity over a short gap;
     after a (re)initialisation (no velocity) or over a gap beyond catch_up_gap_s, up to catch_up
-    of the skipped frames, evenly spread, only those between the two processed frames."""
-    cfg = TrackerConfig(catch_up=4, catch_up_gap_s=0.1)
+    of the skipped frames, evenly spread, only those between the two processed frames; over a
+    stall as many as keep the steps short."""
+    cfg = TrackerConfig(catch_up=4, catch_up_gap_s=0.1, catch_up_step_s=0.0)
     tracker = Tracker(renderer, lambda f: None, cfg)
     tracker.initialise(Pose.identity())
     stamps = [k / 30.0 for k in range(1, 11)]  # frames 1..10 skipped
@@ -291,6 +292,24 @@ def test_skipped_frames_are_chosen_only_when_needed_and_spread_over_the_gap(rend
     tracker.odometry._velocity = np.zeros(6)  # a velocity is known
     assert tracker.select_skipped(stamps[:1], 2 / 30.0) == []  # a short gap: the velocity will do
     assert tracker.select_skipped(stamps, 11 / 30.0) == [0, 3, 6, 9]  # a stall of 0.37 s: follow
+    # A stall: more of them, so that each step stays within catch_up_step_s (at most catch_up_max).
+    long = [k / 30.0 for k in range(1, 30)]  # frames 1..29 skipped, the next is frame 30
+    tracker.config = replace(cfg, catch_up_step_s=0.07, catch_up_max=24)
+    picked = tracker.select_skipped(long, 1.0)
+    assert np.diff(np.r_[0.0, np.array(long)[picked], 1.0]).max() <= 0.07 + 1e-9
+    assert len(picked) == 14  # steps of two frames
+    holey = long[:5] + long[15:]  # frames 6..15 lost as well: the step over the hole is taken
+    picked = tracker.select_skipped(holey, 1.0)
+    assert np.array(holey)[picked].tolist() == [k / 30.0 for k in (2, 4, 5, 16, 18, 20, 22, 24, 26, 28)]
+    tracker.config = replace(cfg, catch_up_step_s=0.07, catch_up_max=6)
+    assert len(tracker.select_skipped(long, 1.0)) == 6
+    # ... but no more than fit in half the gap at the follows' measured cost (50 ms each here).
+    tracker.config = replace(cfg, catch_up_step_s=0.035, catch_up_max=32, catch_up_time_share=0.5)
+    assert len(tracker.select_skipped(long, 1.0)) == 29  # cost not known yet: every frame
+    tracker._follow_times.extend([0.05] * 4)
+    assert len(tracker.select_skipped(long, 1.0)) == 10
+    tracker.config = replace(cfg, catch_up_step_s=0.0)  # off: catch_up alone
+    assert len(tracker.select_skipped(long, 1.0)) == 4
     off = Tracker(renderer, lambda f: None, TrackerConfig(catch_up=0))
     off.last_stamp = 0.0  # no velocity either: still nothing when switched off
     assert off.select_skipped(stamps, 11 / 30.0) == []

@@ -38,6 +38,7 @@ from ..geometry import Camera, Pose
 from ..io import ros_convert as rc
 from ..io.image import ImageConversionError, msg_to_rgb8, numpy_to_image
 from ..pipeline import PipelineConfig, build_tracker, load_default_encoder, prepare_frame
+from ..skipped_frames import SkippedFrames
 from ..odometry import OdometryConfig
 from ..tracker import TrackerConfig, TrackState
 from .params import declare, declare_dataclass
@@ -104,6 +105,12 @@ TRACKER_DOCS = {
                  "skipped since the last processed one, evenly spread (0: never).", (0, 8)),
     "catch_up_gap_s": ("... a gap (s) between processed frames beyond which the skipped frames are followed even "
                        "with a known velocity.", (0.0, 10.0)),
+    "catch_up_step_s": ("... over a long gap (a stall) more of them: as many as keep each step within this (s), "
+                        "up to catch_up_max (0: catch_up only).", (0.0, 1.0)),
+    "catch_up_max": ("... at most this many; the node keeps this many of the frames it drops, thinned evenly over "
+                     "the gap (memory: this many image messages).", (2, 64)),
+    "catch_up_time_share": ("... and never more than fit in this share of the gap at the follows' measured cost "
+                            "(a catch-up slower than the video it covers would widen the next gap).", (0.05, 1.0)),
     "latency_budget_s": ("Receive-to-pose latency budget (s): when the newest frame has waited so long that it "
                          "would miss it (its wait plus the recent time per frame) and the next frame would not, the "
                          "worker waits for the next one (tracking only; 0: always take the newest at once).",
@@ -189,7 +196,8 @@ class Navigator(Node):
         self._lock = threading.Condition()
         self._frame_msg = None
         self._frame_arrival = 0.0
-        self._skipped_msgs: deque = deque(maxlen=8)  # the last frames dropped since the worker took one
+        # the frames dropped since the worker took one, thinned evenly over the gap (tracker.catch_up)
+        self._skipped_msgs = SkippedFrames(max(2, self.pipeline.tracker.catch_up_max))
         self._arrivals: deque = deque(maxlen=16)  # arrival times of the last images (the camera's period)
         self._camera: Camera | None = None
         self._camera_error = ""
@@ -248,7 +256,7 @@ class Navigator(Node):
         with self._lock:
             if self._frame_msg is not None:
                 self.counters["dropped"] += 1
-                self._skipped_msgs.append(self._frame_msg)  # (the odometry may follow it: tracker.catch_up)
+                self._skipped_msgs.append(self._frame_msg, rc.stamp_to_sec(self._frame_msg.header.stamp))
             self._frame_msg = msg
             self._frame_arrival = time.monotonic()
             self._arrivals.append(self._frame_arrival)
@@ -330,9 +338,7 @@ class Navigator(Node):
                 init_pose, self._init_pose = self._init_pose, None
                 frame_msg, self._frame_msg = self._frame_msg, None
                 arrival = self._frame_arrival
-                skipped_msgs = list(self._skipped_msgs) if frame_msg is not None else []
-                if frame_msg is not None:
-                    self._skipped_msgs.clear()
+                skipped_msgs = self._skipped_msgs.take() if frame_msg is not None else []
             try:
                 if mesh_msg is not None:
                     self._load_mesh(mesh_msg)

@@ -227,8 +227,10 @@ def test_relocalisation_is_bounded_by_a_plausible_tip_speed(renderer):
         asked.append(frame.stamp)
         return [far]
 
-    tracker = Tracker(renderer, ExactDepth(renderer, truth), TrackerConfig(lost_after=2, max_speed=0.05, si_scale=0.05),
-                      relocaliser=relocaliser, centerline=_y_centerline())
+    # (looking down the straight branch the roll is not seen: the ambiguity check, tested on its
+    # own below, would keep it searching)
+    cfg = TrackerConfig(lost_after=2, max_speed=0.05, si_scale=0.05, reloc_ambiguity=0.0)
+    tracker = Tracker(renderer, ExactDepth(renderer, truth), cfg, relocaliser=relocaliser, centerline=_y_centerline())
     tracker.initialise(trachea[0])
     rgb = np.zeros((200, 200, 3), np.uint8)
     res = {s: tracker.process(Frame(rgb, CAM, s)) for s in stamps}
@@ -313,3 +315,38 @@ def test_skipped_frames_are_chosen_only_when_needed_and_spread_over_the_gap(rend
     off = Tracker(renderer, lambda f: None, TrackerConfig(catch_up=0))
     off.last_stamp = 0.0  # no velocity either: still nothing when switched off
     assert off.select_skipped(stamps, 11 / 30.0) == []
+
+
+def test_a_return_from_lost_is_trusted_only_when_no_other_pose_explains_the_frame_as_well(renderer):
+    """Looking along the Y's straight trachea the depth cannot see the roll: the same pose rolled
+    by 0.3 rad explains the frame as well, so a recovery there is ambiguous (not trusted: the
+    search goes on). Close to the carina the roll is seen: registrations from rolled starts come
+    back, so the recovery is trusted. LOST on an ambiguous frame, the tracker stays lost (counted)
+    and recovers on the next, unambiguous one."""
+    views = {"along the trachea": Pose.look_at(np.array([0.0, 0.0, 30.0]) * MM, np.array([0.0, 0.0, 60.0]) * MM,
+                                               up=(1.0, 0.0, 0.0)),
+             "at the carina": Pose.look_at(np.array([1.0, 0.5, 20.0]) * MM, (0.0, 0.0, -5 * MM), up=(1.0, 0.0, 0.0))}
+    truth = {0.0: views["along the trachea"], 1 / 30: views["at the carina"]}
+    tracker = Tracker(renderer, ExactDepth(renderer, truth), TrackerConfig(odometry=False, pipelined=False))
+    frames = {name: Frame(np.zeros((200, 200, 3), np.uint8), CAM, s) for name, s in zip(views, truth)}
+    for name, ambiguous in (("along the trachea", True), ("at the carina", False)):
+        target = tracker.predictor(frames[name])
+        reg = tracker._register(frames[name], target, [views[name]])
+        assert reg.pose.rotation_error(views[name]) < 0.02
+        assert tracker._ambiguous(frames[name], target, reg, tracker.confidence(reg)) is ambiguous, name
+    off = Tracker(renderer, ExactDepth(renderer, truth), TrackerConfig(reloc_ambiguity=0.0))
+    target = off.predictor(frames["along the trachea"])
+    reg = off._register(frames["along the trachea"], target, [views["along the trachea"]])
+    assert not off._ambiguous(frames["along the trachea"], target, reg, off.confidence(reg))
+    # Through the state machine: LOST, then a confident but ambiguous frame, then the carina.
+    tracker.initialise(views["along the trachea"])
+    tracker.state = TrackState.LOST
+    tracker._pending_init = None
+    res = tracker.process(frames["along the trachea"])
+    assert res.state == TrackState.RELOCALISING and tracker.ambiguous_recoveries >= 1
+    assert res.confidence < tracker.config.recover_above
+    tracker.pose = views["at the carina"].retract([0.0005, 0.0, 0.0, 0.0, 0.0, 0.05])
+    res = tracker.process(frames["at the carina"])
+    assert res.state == TrackState.TRACKING
+    assert res.pose.rotation_error(views["at the carina"]) < 0.02
+    tracker.close()

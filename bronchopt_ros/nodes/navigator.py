@@ -90,6 +90,10 @@ TRACKER_DOCS = {
     "lost_at_once": ("Confidence below which a frame means LOST at once, without the hysteresis (0: never).",
                      (0.0, 1.0)),
     "recover_above": ("Confidence needed to return to TRACKING (hysteresis).", (0.0, 1.0)),
+    "reloc_ambiguity": ("A return to TRACKING from LOST is accepted only when no registration from its pose rolled "
+                        "by +-0.3/0.6 rad lands elsewhere (> 10 deg or 5 mm) with a scale-invariant error within "
+                        "this fraction of its own; else the search goes on (a plain bronchus barely shows the "
+                        "roll). 0: off.", (0.0, 10.0)),
     "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
                  "1-2 s under a flood of frames published in-process).", None),
@@ -558,6 +562,7 @@ class Navigator(Node):
         vals = dict(state=TrackState(self.state).name, relocalisation_index=self.index_state(),
                     rate_hz=f"{self.rate_hz():.1f}",
                     latency_ms_p50=f"{np.percentile(lp, 50):.1f}", latency_ms_p95=f"{np.percentile(lp, 95):.1f}",
+                    ambiguous_recoveries=str(getattr(self.tracker, "ambiguous_recoveries", 0)),
                     **{k: str(v) for k, v in self.counters.items()})
         d.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray()

@@ -117,13 +117,15 @@ class TrackerConfig:
     recover_above: float = 0.45  # confidence to get back to TRACKING (hysteresis)
     # A return to TRACKING from LOST (a search's result, a relocalisation, or the frame's own
     # registration) is accepted only when unambiguous: registered again from its pose rolled by
-    # -0.6, -0.3, 0.3 and 0.6 rad, no result that lands elsewhere (more than 10 deg or 5 mm away)
+    # -0.3 and 0.3 rad, no result that lands elsewhere (more than 10 deg or 5 mm away)
     # may have a scale-invariant error within this fraction of its own; else the search goes on at
     # the next frame. The depth of a plain bronchus barely sees the roll: a relocalisation there
     # picks one of several rolls, which the odometry then keeps (kidnap bench, validation 2502:
     # relocalised 0.35 rad off at SI error 0.070, a probe 0.47 rad away at 0.081; 2503: 7.6 mm off
     # at 0.067, a probe 0.33 rad away at 0.066; the right relocalisations in 2500 and 2503 had every
-    # probe come back within 0.14 rad). 4 registrations (~15 ms each) per return. 0: off.
+    # probe come back within 0.14 rad; +-0.6 rad probes as well cost twice and found no more).
+    # 2 registrations (~15 ms each) per probe; while coasting on an ambiguous result, every third
+    # frame (with probes on every frame a flood of frames into the node cascaded). 0: off.
     reloc_ambiguity: float = 0.25
     threads: int = 1  # torch intra-op threads for the solver (1 is fastest for these small problems)
     # Run the encoder on a second thread beside the odometry: the same estimates, ~15 % faster per
@@ -171,9 +173,10 @@ class TrackerConfig:
     # (0.07) lost the corners right after the initialisation (no velocity known yet): 8.8 mm.
     catch_up_step_s: float = 0.035
     catch_up_max: int = 32
-    # ... and never more than fit in this share of the gap at the follows' measured cost: a
-    # catch-up that grew with the gap and took longer than the video it covered would widen the
-    # next gap, and so on (a flood of frames into the node on a loaded machine did so).
+    # ... and never more (the ordinary catch-up included) than fit in this share of the gap at the
+    # follows' measured cost (at least one): a catch-up that took longer than the video it covered
+    # would widen the next gap, and so on (a flood of frames into the node on a loaded machine, the
+    # follows at 20-35 ms each, did so: 4 follows a frame, 100-200 ms, p95 latency 363 ms).
     catch_up_time_share: float = 0.5
     # Receive-to-pose latency budget of a live camera's frames (the node's queue, and eval --realtime
     # which replays it): when the worker gets free and the newest frame has waited so long that its
@@ -265,6 +268,7 @@ class Tracker:
         self._init_sigmas: tuple[float, float] | None = None  # prior on the pending (re)initialisation
         self.relocalisations = 0
         self.ambiguous_recoveries = 0  # returns to TRACKING refused: another pose explained the frame as well
+        self._probe_wait = 0  # frames until the next ambiguity probe while coasting on an ambiguous result
         self._search_cursor = 0  # where the wide search goes on at the next LOST frame
         self.odometry = FrameOdometry(self.odometry_config)
         self._odo_last = None
@@ -312,9 +316,13 @@ class Tracker:
                 or (self.odometry.has_velocity and stamp - self.last_stamp <= cfg.catch_up_gap_s)):
             return []
         idx = [i for i, t in enumerate(stamps) if self.last_stamp < t < stamp]
-        if len(idx) <= cfg.catch_up:
-            return idx
-        if cfg.catch_up_step_s > 0:
+        gap = stamp - self.last_stamp
+        most = cfg.catch_up_max  # ... and no more than fit in a share of the gap at their cost
+        if len(self._follow_times) >= 3:
+            cost = max(float(np.median(self._follow_times)), 1e-4)
+            most = min(most, max(1, int(cfg.catch_up_time_share * gap / cost)))
+        n = min(cfg.catch_up, most)
+        if len(idx) > n and cfg.catch_up_step_s > 0:
             # Greedy: from the last processed frame, each time the furthest frame within a step
             # (or, past a hole in the frames, the next one), until the frame itself is within one.
             steps, at, k = [], self.last_stamp, 0
@@ -324,16 +332,12 @@ class Tracker:
                     j += 1
                 steps.append(idx[j])
                 at, k = stamps[idx[j]], j + 1
-            most = cfg.catch_up_max
-            if len(self._follow_times) >= 3:
-                most = min(most, int(cfg.catch_up_time_share * (stamp - self.last_stamp)
-                                     / max(float(np.median(self._follow_times)), 1e-4)))
-            most = max(most, cfg.catch_up)
-            if cfg.catch_up < len(steps) <= most:
+            if n < len(steps) <= most:
                 return steps
-            n = cfg.catch_up if len(steps) <= cfg.catch_up else most
-        else:
-            n = cfg.catch_up
+            if len(steps) > most:
+                n = most
+        if len(idx) <= n:
+            return idx
         return [idx[k] for k in sorted(set(np.round(np.linspace(0, len(idx) - 1, n)).astype(int)))]
 
     def wait_for_newer(self, waited_s: float, period_s: float, busy_s: float | None = None) -> float:
@@ -403,14 +407,14 @@ class Tracker:
                         break
                 self._follow_times.append(time.perf_counter() - t_follow)
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
-        # A stall followed through more than twice the ordinary catch-up's frames: the chained
-        # prediction has drifted (each unregistered step adds to it; the prior below is widened
-        # by sqrt(1 + followed)), so this frame is registered before its pose goes out (the
-        # demo's stall above: 2.42 -> 0.92 mm; the full solver instead, 1.08 mm, cascaded under a
-        # flood of frames).
-        stalled = followed > 2 * cfg.catch_up
+        # (After a long chain of followed frames the prediction has drifted - each unregistered
+        # step adds to it - and the prior below is widened by sqrt(1 + followed). Registering
+        # such a frame before its pose goes out helped the demo's stall above, 2.42 -> 0.92 mm
+        # for that one frame, the next being 0.97 either way, but under a flood of frames it
+        # cascaded: its registration's time widened the next gap, and so on - p95 363 ms in
+        # the flood test. So it stays pipelined.)
         pipelined = (cfg.pipelined and pending is not None and motion is not None and self._pending_init is None
-                     and self.state == TrackState.TRACKING and self._last_result is not None and not stalled)
+                     and self.state == TrackState.TRACKING and self._last_result is not None)
         if not self._settle(cfg.registration_wait_s if pipelined else math.inf):
             # The last frame's registration is still running (the cores are busy): this frame goes
             # out on the odometry alone, unregistered; that registration is folded in next frame.
@@ -478,12 +482,19 @@ class Tracker:
             innovation = float(np.sqrt((prior.info() * e * e).sum()))
         conf = self.confidence(reg)
         lost = self.state in (TrackState.LOST, TrackState.RELOCALISING)
-        if lost and conf >= cfg.recover_above and self._ambiguous(frame, target, reg, conf):
+        # (the probes cost ~2 registrations: while coasting on an ambiguous result they run every
+        # third frame; the frames between stay unconfirmed)
+        ambiguous = lost and conf >= cfg.recover_above and (
+            self._probe_wait > 0 or self._ambiguous(frame, target, reg))
+        self._probe_wait = (self._probe_wait - 1) if self._probe_wait > 0 else (2 if ambiguous else 0)
+        if ambiguous:
             # Confident again, but not unambiguously (e.g. coasting from a search's ambiguous
-            # result): not trusted yet, the search below goes on.
+            # result): not trusted yet; the estimate coasts on, and this frame, which paid for the
+            # probes, skips the search (a LOST frame's time stays bounded: with both, 200-440 ms
+            # a frame under the flood test's load).
             self.ambiguous_recoveries += 1
             conf = min(conf, cfg.recover_above - 1e-3)
-        if lost and conf < cfg.recover_above:
+        if lost and conf < cfg.recover_above and not ambiguous:
             # Lost: search wide around the last trusted pose (centerline starts) and, when a
             # relocaliser is configured, from its candidates (global place recognition).
             wide = self.search_starts(self.pose)
@@ -500,7 +511,7 @@ class Tracker:
                 if reach is not None and np.linalg.norm(rr.pose.t - self.pose.t) > reach:
                     rconf = 0.0
                 if rconf > conf:
-                    if rconf >= cfg.recover_above and self._ambiguous(frame, target, rr, rconf):
+                    if rconf >= cfg.recover_above and self._ambiguous(frame, target, rr):
                         # Not trusted yet: the estimate coasts there, the search goes on.
                         self.ambiguous_recoveries += 1
                         rconf = min(rconf, cfg.recover_above - 1e-3)
@@ -637,14 +648,14 @@ class Tracker:
             starts += centerline_hypotheses(self.centerline, pose, cfg.init_search_radius, cfg.search_spacing)
         return starts
 
-    def _ambiguous(self, frame: Frame, target: DepthTarget, reg: RegResult, conf: float) -> bool:
-        """Whether a result has a rival: a registration from its pose rolled by +-0.3 or +-0.6 rad
+    def _ambiguous(self, frame: Frame, target: DepthTarget, reg: RegResult) -> bool:
+        """Whether a result has a rival: a registration from its pose rolled by +-0.3 rad
         that lands more than 10 deg or 5 mm away with a scale-invariant error within the fraction
         ``reloc_ambiguity`` of the result's (and a usable confidence)."""
         rel = self.config.reloc_ambiguity
         if rel <= 0:
             return False
-        for roll in (-0.6, -0.3, 0.3, 0.6):
+        for roll in (-0.3, 0.3):
             # (the tracking solver: the full one's wider basin pulled probes back to a wrong
             # result as well - kidnap bench 2503: 58 wrong frames after a recovery against 1)
             r = self._register(frame, target, [reg.pose.retract([0.0, 0.0, 0.0, 0.0, 0.0, roll])])

@@ -311,7 +311,8 @@ class Tracker:
         the odometry should follow before the frame at ``stamp`` (indices): none while it knows the
         velocity and the gap is at most ``catch_up_gap_s``; else ``catch_up`` of them, evenly
         spread, the first and the last among them; over a stall too long for that, as many as
-        keep each step within ``catch_up_step_s`` where the frames allow (at most ``catch_up_max``)."""
+        keep each step within ``catch_up_step_s`` where the frames allow (at most ``catch_up_max``);
+        never more than fit in ``catch_up_time_share`` of the gap at the follows' measured cost."""
         cfg = self.config
         if (not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.last_stamp is None
                 or (self.odometry.has_velocity and stamp - self.last_stamp <= cfg.catch_up_gap_s)):

@@ -285,6 +285,7 @@ class Tracker:
         self._settle()
         self._pending_init = pose
         self._init_sigmas = init_prior_sigmas(covariance, self.config)
+        self._probe_wait = 0  # (a new start: an earlier ambiguity says nothing about it)
         self.prev_pose = None
         self.pose = pose
         self.state = TrackState.INITIALISING

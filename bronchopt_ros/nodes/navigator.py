@@ -91,9 +91,9 @@ TRACKER_DOCS = {
                      (0.0, 1.0)),
     "recover_above": ("Confidence needed to return to TRACKING (hysteresis).", (0.0, 1.0)),
     "reloc_ambiguity": ("A return to TRACKING from LOST is accepted only when no registration from its pose rolled "
-                        "by +-0.3/0.6 rad lands elsewhere (> 10 deg or 5 mm) with a scale-invariant error within "
-                        "this fraction of its own; else the search goes on (a plain bronchus barely shows the "
-                        "roll). 0: off.", (0.0, 10.0)),
+                        "by +-0.3 rad lands elsewhere (> 10 deg or 5 mm) with a scale-invariant error within this "
+                        "fraction of its own; else the estimate coasts there, withheld, and is probed again every "
+                        "third frame (a plain bronchus barely shows the roll). 0: off.", (0.0, 10.0)),
     "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
                  "1-2 s under a flood of frames published in-process).", None),

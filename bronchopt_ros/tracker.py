@@ -148,8 +148,11 @@ class TrackerConfig:
     # is not registered itself (the registration in flight is folded in at the next frame), so
     # registration runs as often as the CPU allows and never holds a pose back longer than this.
     # inf: always wait (every frame registered, reproducible: what ``bronchopt eval`` does on
-    # every frame).
-    registration_wait_s: float = 0.01
+    # every frame). 0 (session 11): at the camera's rate side by side, 0.01 -> 0: test split
+    # 1.15 mm / 0.046 rad / 100 % both, p95 36.7 / 35.7 -> 31.0 / 33.5 ms; validation p95
+    # 43.6 / 42.8 -> 34.1 / 34.5 ms, accuracy within the runs' noise; in the node the 10 ms waits
+    # had been 8-10 ms of the slowest frames.
+    registration_wait_s: float = 0.0
     # A live camera outruns the tracker, and after a slow frame (a (re)initialisation: ~110 ms, 3-4
     # frames) the next step is long while the odometry knows no velocity yet: its LK then loses
     # the corners or the roll (test procedure 3100 at the camera's rate: 0.2-0.3 rad of roll lost

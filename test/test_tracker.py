@@ -63,6 +63,26 @@ def _trachea_path(n: int) -> list[Pose]:
     return out
 
 
+def test_target_levels_sample_where_the_renderer_casts(renderer):
+    """A coarse level of an exact depth target matches the depth rendered at that level (one ray
+    per pixel centre), and coarse to fine from the (re)initialisation pyramid reaches the exact
+    pose. (Averaged over each coarse pixel instead, the level differed 3-4x more and the pyramid
+    ended 0.56 mm / 0.2 rad off here.)"""
+    gt = _trachea_path(1)[0]
+    cam = CAM.scaled(64)
+    target = DepthTarget.from_depth(renderer.render(cam, gt).depth, cam)
+    for width in (16, 32):
+        _, ld, _ = target.level(width)
+        ref = renderer.render(cam.scaled(width), gt).depth.numpy().ravel()
+        ok = ref > 0
+        assert np.median(np.abs(ld.numpy()[ok] - np.log(ref[ok]))) < 4e-4
+    start = Pose(gt.R, gt.t + np.array([1.2, -1.0, 1.5]) * MM).retract([0, 0, 0, 0.06, -0.08, 0.05])
+    tc = TrackerConfig()
+    res = register_depth(renderer, target, [start], tc.reg_config(init=True))
+    assert res.pose.translation_error(gt) < 0.05 * MM
+    assert res.pose.rotation_error(gt) < 0.005
+
+
 def test_register_depth_converges_from_perturbed_start(renderer):
     gt = _trachea_path(1)[0]
     cam = CAM.scaled(64)

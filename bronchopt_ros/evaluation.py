@@ -174,7 +174,7 @@ class _NewestFrameSlot:
     budget, as in the node) says so, lets it go and waits for the next one. :meth:`offer` returns
     the frame the worker takes next (or None)."""
 
-    def __init__(self, cost_s: float, keep_skipped: int = 32, wait_for_newer=None):
+    def __init__(self, cost_s: float, keep_skipped: int = 64, wait_for_newer=None):
         self.cost_s = cost_s  # seconds the worker is busy per frame (0: the measured time)
         self.wait_for_newer = wait_for_newer
         self.pending = None

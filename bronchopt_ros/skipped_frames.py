@@ -26,7 +26,7 @@ class SkippedFrames:
     ``append(item, stamp)`` in arrival order; ``take()`` returns them oldest first and empties the
     buffer. ``capacity`` >= 2 (one slot always holds the newest)."""
 
-    def __init__(self, capacity: int = 32):
+    def __init__(self, capacity: int = 64):
         if capacity < 2:
             raise ValueError(f"SkippedFrames needs a capacity of at least 2, got {capacity}")
         self.capacity = int(capacity)

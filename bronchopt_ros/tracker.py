@@ -169,7 +169,7 @@ class TrackerConfig:
     catch_up_gap_s: float = 0.09
     # A long stall (a slow first frame: up to 2 s seen in the node on a busy machine) is followed
     # through more of the skipped frames: as many as keep each step within catch_up_step_s (0.035:
-    # every frame at 30 frames/s), up to catch_up_max (~15 ms each). The node keeps catch_up_max of
+    # every frame at 30 frames/s), up to catch_up_max (~15 ms each; 64: ~2 s of frames kept whole). The node keeps catch_up_max of
     # the frames it drops, thinned evenly over the gap (:class:`SkippedFrames`), not only the last
     # ones. A node run of the demo, replayed offline frame by frame: a 0.88 s first frame, the old
     # catch-up's first step 0.6 s long, the corners lost, the full solver registered from the stale
@@ -177,12 +177,21 @@ class TrackerConfig:
     # in; every frame tracked: 1.24). Two-frame steps
     # (0.07) lost the corners right after the initialisation (no velocity known yet): 8.8 mm.
     catch_up_step_s: float = 0.035
-    catch_up_max: int = 32
+    catch_up_max: int = 64
     # ... and never more (the ordinary catch-up included) than fit in this share of the gap at the
     # follows' measured cost (at least one): a catch-up that took longer than the video it covered
     # would widen the next gap, and so on (a flood of frames into the node on a loaded machine, the
     # follows at 20-35 ms each, did so: 4 follows a frame, 100-200 ms, p95 latency 363 ms).
     catch_up_time_share: float = 0.5
+    # Over a long catch-up every this many followed frames one is registered too (encoder + the
+    # tracking solver, ~20 ms) and its correction folded into the estimate: followed alone over a
+    # stall the odometry drifts. Session 11, a 1.75 s stall injected into the node's second frame
+    # (demo procedure, three runs; two ended at 18 and 31 mm), the runs' frames replayed offline
+    # (every frame registered): 2.58 / 1.66 / 31.5 mm -> 1.05 / 1.27 / 1.21 mm with this and
+    # catch_up_max 64 (it was 32: over a 2.3 s gap the buffer kept every fourth frame and the
+    # chain broke); a run without a stall unchanged (2.10 both; the rotation of the stalled ones
+    # 0.06-0.10 -> 0.11-0.14 rad). 0: never.
+    catch_up_register_every: int = 8
     # Receive-to-pose latency budget of a live camera's frames (the node's queue, and eval --realtime
     # which replays it): when the worker gets free and the newest frame has waited so long that its
     # wait plus the recent processing time (median of the last frames) would pass the budget, while
@@ -263,6 +272,7 @@ class Tracker:
         self._inflight = None  # the last frame's registration finishing in the background (pipelined)
         self._last_result: TrackResult | None = None  # the last registered frame's result
         self.unregistered = 0  # tracked frames that went out on the odometry alone (pipelined, cores busy)
+        self.catch_up_registrations = 0  # skipped frames registered inside a long catch-up (catch_up_register_every)
         self.state = TrackState.INITIALISING
         self.pose: Pose | None = None
         self.prev_pose: Pose | None = None
@@ -396,6 +406,7 @@ class Tracker:
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
         followed = 0  # skipped frames the odometry followed before this one
+        drift = 0  # ... since the last registered one (the prediction's error grows with them)
         # The odometry's reference frame seen from the last processed frame.
         offset = Pose.identity() if self._odo_last is None else self._odo_last.motion.inv()
         if self._pending_init is None and gray is not None:
@@ -408,6 +419,12 @@ class Tracker:
                 if not self.odometry.follow(g, f.camera, f.stamp):
                     break
                 followed += 1
+                drift += 1
+                if cfg.catch_up_register_every > 0 and drift >= cfg.catch_up_register_every:
+                    t_reg = time.perf_counter()
+                    if self._register_followed(f, offset @ self.odometry.last.motion, drift):
+                        drift = 0
+                    t_follow += time.perf_counter() - t_reg  # (the follows' own cost is what bounds them)
                 if self.odometry.due():  # a new reference on the way: over a long gap the corners die out
                     offset = offset @ self.odometry.last.motion
                     if not self.odometry.keyframe(g, f.camera, self.pose @ offset, self.renderer, f.stamp):
@@ -445,7 +462,7 @@ class Tracker:
             self.odometry_frames += 1
             if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
                 # (the prediction's error grows like a random walk over the steps not registered)
-                k = math.sqrt(1 + followed)
+                k = math.sqrt(1 + drift)
                 prior = PosePrior(pred, k * cfg.prior_sigma_m, k * cfg.prior_sigma_rad,
                                   k * cfg.prior_sigma_roll if cfg.prior_sigma_roll else None)
         starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
@@ -464,6 +481,28 @@ class Tracker:
         # Without the odometry's prediction the start is a whole frame's motion away: full solver.
         reg = self._register(frame, target, starts, prior=prior, init=motion is None)
         return self._complete(frame, target, reg, prior, motion, gray, t0, steady=True)
+
+    def _register_followed(self, f: Frame, offset: Pose, steps: int) -> bool:
+        """Register a skipped frame the odometry follows over a long gap (``offset``: its camera
+        seen from the last processed frame's estimate, ``steps`` frames followed since the last
+        registration) and, when trusted, fold the correction into the estimate, so the odometry's
+        drift does not add up over the whole stall. True when folded in."""
+        cfg = self.config
+        pred = self.pose @ offset
+        prior = None
+        if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
+            k = math.sqrt(1 + steps)
+            prior = PosePrior(pred, k * cfg.prior_sigma_m, k * cfg.prior_sigma_rad,
+                              k * cfg.prior_sigma_roll if cfg.prior_sigma_roll else None)
+        # (the encoder on its own thread, as every other frame's: one model, one thread)
+        target = self._pool().submit(self.predictor, f).result() if cfg.parallel else self.predictor(f)
+        reg = self._register(f, target, [pred], prior=prior)
+        if self.confidence(reg) < cfg.lost_below:
+            return False
+        self.pose = Pose.exp((reg.pose @ pred.inv()).log()) @ self.pose
+        self.prev_pose = None
+        self.catch_up_registrations += 1
+        return True
 
     def _predicted(self, frame: Frame, pred: Pose, gray, motion, t0: float) -> TrackResult:
         """A tracked frame's result before (or without) its registration: the odometry's prediction."""
@@ -607,7 +646,12 @@ class Tracker:
             from .threads import quick_gil_handoff
 
             quick_gil_handoff()  # (else the two threads wait for each other's GIL: see threads.py)
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")
+            import os as _os, threading as _th
+            def _init():
+                n = int(_os.environ.get("ENC_NICE", "0"))
+                if n:
+                    _os.setpriority(_os.PRIO_PROCESS, _th.get_native_id(), n)
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="encoder", initializer=_init)
         return self._executor
 
     def reach(self, stamp: float) -> float | None:

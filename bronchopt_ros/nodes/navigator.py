@@ -113,6 +113,9 @@ TRACKER_DOCS = {
                         "up to catch_up_max (0: catch_up only).", (0.0, 1.0)),
     "catch_up_max": ("... at most this many; the node keeps this many of the frames it drops, thinned evenly over "
                      "the gap (memory: this many image messages).", (2, 64)),
+    "catch_up_register_every": ("... and every this many followed frames one is registered too (encoder + solver, "
+                                "~20 ms), its correction folded into the estimate, so the odometry's drift does "
+                                "not add up over a stall (0: never).", (0, 1000)),
     "catch_up_time_share": ("... and never more than fit in this share of the gap at the follows' measured cost "
                             "(a catch-up slower than the video it covers would widen the next gap).", (0.05, 1.0)),
     "latency_budget_s": ("Receive-to-pose latency budget (s): when the newest frame has waited so long that it "

@@ -67,6 +67,15 @@ class OdometryConfig:
     # reference (validation: 1.44 mm at 3 frames against 1.48 mm at 1, ~8 % faster; 1.47 at 6).
     keyframe_frames: int = 3
     keyframe_keep: float = 0.5  # ... while at least this share of its corners is still followed
+    # ... and while the camera has moved less than this share of the reference's corners' median
+    # depth: a fast advance scales the wall's texture beyond what Lucas-Kanade's windows follow.
+    # Session 11: the demo procedure ends in an advance of ~1 mm a frame; node runs that took every
+    # second frame there lost 5-18 mm (15 of ~90 runs over two sessions). Replayed offline (every
+    # frame registered), three such runs: 0.07 kept two (1.65 -> 1.21 mm, 2.10 -> 1.43), 0.05 all
+    # three, 0.1 none; on the test procedures (every frame) 0.07 1.16 mm / 0.044 rad, 0.05 1.18 /
+    # 0.051 (renewing often shortens the roll's baseline), off 1.16 / 0.043; validation 1.44 /
+    # 0.068 / 96.0 % at 0.07, 1.35 / 0.066 / 95.2 % off. 0: off.
+    keyframe_scale: float = 0.07
     # After PnP the rotation is refined by direct alignment of the reference frame's pixels
     # (bronchopt_ros.photometric): LK under-measures the roll where cartilage rings fill its windows
     # (validation, six procedures: 1.41 mm / 0.091 rad / 89 % within 5 mm and 10 deg without it,
@@ -148,6 +157,7 @@ class FrameOdometry:
         self._age = 0  # frames tracked against the reference
         self._last: OdometryResult | None = None  # the last frame's result (None: failed or none yet)
         self._corners = 0  # corners the reference started with
+        self._depth = 0.0  # their median depth (m)
         self._photo: PhotometricReference | None = None  # its pixels for the rotation's direct refinement
 
     def keyframe(self, gray: np.ndarray, camera: Camera, pose: Pose, renderer, stamp: float | None = None) -> int:
@@ -168,6 +178,7 @@ class FrameOdometry:
             return 0
         uv, z = uv[ok], z[ok]
         self._xyz = camera.unproject(uv, z)
+        self._depth = float(np.median(z))
         self._uv = uv.astype(np.float32).reshape(-1, 1, 2)
         self._guess = self._uv.copy()
         self._gray, self._prev, self._pose, self._corners = gray, gray, pose, len(uv)
@@ -182,7 +193,8 @@ class FrameOdometry:
         ``keyframe_frames`` old or fewer than ``keyframe_keep`` of its corners are followed."""
         c, last = self.config, self._last
         return (self._gray is None or last is None or self._age >= c.keyframe_frames
-                or last.tracked < c.keyframe_keep * self._corners)
+                or last.tracked < c.keyframe_keep * self._corners
+                or (c.keyframe_scale > 0 and np.linalg.norm(last.motion.t) > c.keyframe_scale * self._depth))
 
     @property
     def last(self) -> OdometryResult | None:

@@ -144,6 +144,8 @@ ODOMETRY_DOCS = {
     "keyframe_frames": ("The reference frame's corners are followed for up to this many frames and the motion "
                         "is measured against it (1: frame to frame).", (1, 100)),
     "keyframe_keep": ("... while at least this share of its corners is still followed.", (0.0, 1.0)),
+    "keyframe_scale": ("... and while the camera has moved less than this share of the corners' median depth "
+                       "(a fast advance scales the texture past the LK windows; 0: off).", (0.0, 1.0)),
     "photometric": ("Refine the odometry's rotation by direct alignment of the reference frame's pixels (lifted "
                     "with the CT depth) to the new frame: Lucas-Kanade under-measures the roll where cartilage "
                     "rings fill its windows.", None),

@@ -336,7 +336,8 @@ class Tracker:
         gap = stamp - self.last_stamp
         most = cfg.catch_up_max  # ... and no more than fit in a share of the gap at their cost
         if len(self._follow_times) >= 3:
-            cost = max(float(np.median(self._follow_times)), 1e-4)
+            # (the mean: the registrations inside a long catch-up are part of its cost)
+            cost = max(float(np.mean(self._follow_times)), 1e-4)
             most = min(most, max(1, int(cfg.catch_up_time_share * gap / cost)))
         n = min(cfg.catch_up, most)
         if len(idx) > n and cfg.catch_up_step_s > 0:
@@ -421,10 +422,9 @@ class Tracker:
                 followed += 1
                 drift += 1
                 if cfg.catch_up_register_every > 0 and drift >= cfg.catch_up_register_every:
-                    t_reg = time.perf_counter()
+                    # (its time counts as this follow's: the time share bounds the whole catch-up)
                     if self._register_followed(f, offset @ self.odometry.last.motion, drift):
                         drift = 0
-                    t_follow += time.perf_counter() - t_reg  # (the follows' own cost is what bounds them)
                 if self.odometry.due():  # a new reference on the way: over a long gap the corners die out
                     offset = offset @ self.odometry.last.motion
                     if not self.odometry.keyframe(g, f.camera, self.pose @ offset, self.renderer, f.stamp):

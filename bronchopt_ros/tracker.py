@@ -169,13 +169,14 @@ class TrackerConfig:
     catch_up_gap_s: float = 0.09
     # A long stall (a slow first frame: up to 2 s seen in the node on a busy machine) is followed
     # through more of the skipped frames: as many as keep each step within catch_up_step_s (0.035:
-    # every frame at 30 frames/s), up to catch_up_max (~15 ms each; 64: ~2 s of frames kept whole). The node keeps catch_up_max of
-    # the frames it drops, thinned evenly over the gap (:class:`SkippedFrames`), not only the last
-    # ones. A node run of the demo, replayed offline frame by frame: a 0.88 s first frame, the old
-    # catch-up's first step 0.6 s long, the corners lost, the full solver registered from the stale
-    # pose 10.9 mm off; following every frame 2.42 mm, 0.97 a frame later (its registration folded
-    # in; every frame tracked: 1.24). Two-frame steps
-    # (0.07) lost the corners right after the initialisation (no velocity known yet): 8.8 mm.
+    # every frame at 30 frames/s), up to catch_up_max (~15 ms each; 64: ~2 s of frames kept whole).
+    # The node keeps catch_up_max of the frames it drops, thinned evenly over the gap
+    # (:class:`SkippedFrames`), not only the last ones. A node run of the demo, replayed offline
+    # frame by frame: a 0.88 s first frame, the old catch-up's first step 0.6 s long, the corners
+    # lost, the full solver registered from the stale pose 10.9 mm off; following every frame
+    # 2.42 mm, 0.97 a frame later (its registration folded in; every frame tracked: 1.24).
+    # Two-frame steps (0.07) lost the corners right after the initialisation (no velocity known
+    # yet): 8.8 mm.
     catch_up_step_s: float = 0.035
     catch_up_max: int = 64
     # ... and never more (the ordinary catch-up included) than fit in this share of the gap at the
@@ -406,8 +407,7 @@ class Tracker:
         self._update_odometry_reference()  # (the last frame's, beside the encoder: off its own latency)
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
-        followed = 0  # skipped frames the odometry followed before this one
-        drift = 0  # ... since the last registered one (the prediction's error grows with them)
+        drift = 0  # skipped frames followed since the last registered one (the prediction's error grows with them)
         # The odometry's reference frame seen from the last processed frame.
         offset = Pose.identity() if self._odo_last is None else self._odo_last.motion.inv()
         if self._pending_init is None and gray is not None:
@@ -419,7 +419,6 @@ class Tracker:
                 g = to_gray(f.rgb)
                 if not self.odometry.follow(g, f.camera, f.stamp):
                     break
-                followed += 1
                 drift += 1
                 if cfg.catch_up_register_every > 0 and drift >= cfg.catch_up_register_every:
                     # (its time counts as this follow's: the time share bounds the whole catch-up)
@@ -432,11 +431,11 @@ class Tracker:
                 self._follow_times.append(time.perf_counter() - t_follow)
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
         # (After a long chain of followed frames the prediction has drifted - each unregistered
-        # step adds to it - and the prior below is widened by sqrt(1 + followed). Registering
-        # such a frame before its pose goes out helped the demo's stall above, 2.42 -> 0.92 mm
-        # for that one frame, the next being 0.97 either way, but under a flood of frames it
-        # cascaded: its registration's time widened the next gap, and so on - p95 363 ms in
-        # the flood test. So it stays pipelined.)
+        # step adds to it - and the prior below is widened by sqrt(1 + frames followed since the
+        # last registration). Registering such a frame before its pose goes out helped the demo's
+        # stall above, 2.42 -> 0.92 mm for that one frame, the next being 0.97 either way, but
+        # under a flood of frames it cascaded: its registration's time widened the next gap, and
+        # so on - p95 363 ms in the flood test. So it stays pipelined.)
         pipelined = (cfg.pipelined and pending is not None and motion is not None and self._pending_init is None
                      and self.state == TrackState.TRACKING and self._last_result is not None)
         if not self._settle(cfg.registration_wait_s if pipelined else math.inf):
@@ -646,12 +645,7 @@ class Tracker:
             from .threads import quick_gil_handoff
 
             quick_gil_handoff()  # (else the two threads wait for each other's GIL: see threads.py)
-            import os as _os, threading as _th
-            def _init():
-                n = int(_os.environ.get("ENC_NICE", "0"))
-                if n:
-                    _os.setpriority(_os.PRIO_PROCESS, _th.get_native_id(), n)
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="encoder", initializer=_init)
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")
         return self._executor
 
     def reach(self, stamp: float) -> float | None:

@@ -112,7 +112,7 @@ TRACKER_DOCS = {
     "catch_up_step_s": ("... over a long gap (a stall) more of them: as many as keep each step within this (s), "
                         "up to catch_up_max (0: catch_up only).", (0.0, 1.0)),
     "catch_up_max": ("... at most this many; the node keeps this many of the frames it drops, thinned evenly over "
-                     "the gap (memory: this many image messages).", (2, 64)),
+                     "the gap (memory: this many image messages).", (2, 256)),
     "catch_up_register_every": ("... and every this many followed frames one is registered too (encoder + solver, "
                                 "~20 ms), its correction folded into the estimate, so the odometry's drift does "
                                 "not add up over a stall (0: never).", (0, 1000)),

@@ -459,11 +459,7 @@ class Tracker:
             # estimate (so the registration's corrections are kept).
             pred = self.pose @ offset @ motion.motion
             self.odometry_frames += 1
-            if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
-                # (the prediction's error grows like a random walk over the steps not registered)
-                k = math.sqrt(1 + drift)
-                prior = PosePrior(pred, k * cfg.prior_sigma_m, k * cfg.prior_sigma_rad,
-                                  k * cfg.prior_sigma_roll if cfg.prior_sigma_roll else None)
+            prior = self._odometry_prior(pred, drift)
         starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
         if self.prev_pose is not None and cfg.motion_damping > 0 and cfg.hypotheses > 1:
             starts.append(self.pose)
@@ -488,20 +484,32 @@ class Tracker:
         drift does not add up over the whole stall. True when folded in."""
         cfg = self.config
         pred = self.pose @ offset
-        prior = None
-        if cfg.prior_sigma_m > 0 and cfg.prior_sigma_rad > 0:
-            k = math.sqrt(1 + steps)
-            prior = PosePrior(pred, k * cfg.prior_sigma_m, k * cfg.prior_sigma_rad,
-                              k * cfg.prior_sigma_roll if cfg.prior_sigma_roll else None)
+        prior = self._odometry_prior(pred, steps)
         # (the encoder on its own thread, as every other frame's: one model, one thread)
         target = self._pool().submit(self.predictor, f).result() if cfg.parallel else self.predictor(f)
         reg = self._register(f, target, [pred], prior=prior)
         if self.confidence(reg) < cfg.lost_below:
             return False
-        self.pose = Pose.exp((reg.pose @ pred.inv()).log()) @ self.pose
+        self._correct(reg.pose, pred)
         self.prev_pose = None
         self.catch_up_registrations += 1
         return True
+
+    def _odometry_prior(self, pred: Pose, steps: int) -> PosePrior | None:
+        """The registration's prior around the odometry's prediction ``pred``, its sigmas widened
+        by sqrt(1 + ``steps``): the prediction's error grows like a random walk over the frames
+        followed without a registration (None: no prior configured)."""
+        cfg = self.config
+        if cfg.prior_sigma_m <= 0 or cfg.prior_sigma_rad <= 0:
+            return None
+        k = math.sqrt(1 + steps)
+        return PosePrior(pred, k * cfg.prior_sigma_m, k * cfg.prior_sigma_rad,
+                         k * cfg.prior_sigma_roll if cfg.prior_sigma_roll else None)
+
+    def _correct(self, registered: Pose, predicted: Pose) -> None:
+        """Apply to the estimate the correction a registration made to its frame's prediction, as
+        a rigid motion (exp . log: no numerical drift off SE(3))."""
+        self.pose = Pose.exp((registered @ predicted.inv()).log()) @ self.pose
 
     def _predicted(self, frame: Frame, pred: Pose, gray, motion, t0: float) -> TrackResult:
         """A tracked frame's result before (or without) its registration: the odometry's prediction."""
@@ -603,8 +611,8 @@ class Tracker:
         if res.confidence >= self.config.lost_below:
             if self.pose is pred:  # (the frame went out last: its registered pose is the estimate)
                 self.pose = res.pose
-            else:  # the correction, as a rigid motion (exp . log: no numerical drift off SE(3))
-                self.pose = Pose.exp((res.pose @ pred.inv()).log()) @ self.pose
+            else:  # (a later frame went out since: the correction is applied to it)
+                self._correct(res.pose, pred)
         self.prev_pose = None
         return True
 

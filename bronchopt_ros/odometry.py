@@ -224,6 +224,13 @@ class FrameOdometry:
         self._age += 1
         return res
 
+    def expected_scale(self, dt: float) -> float:
+        """How far the camera moves in ``dt`` s at its last velocity, as a share of the reference's
+        median depth (0 when unknown): how much the wall's texture will grow or shift."""
+        if self._velocity is None or self._depth <= 0:
+            return 0.0
+        return float(np.linalg.norm(self._velocity[:3]) * dt / self._depth)
+
     @property
     def has_velocity(self) -> bool:
         """Whether the next search can start from the camera's last velocity."""

@@ -167,6 +167,15 @@ class TrackerConfig:
     # (validation at the camera's rate: 66 -> 332 skipped, p95 latency 45 -> 98 ms). 0: never.
     catch_up: int = 4
     catch_up_gap_s: float = 0.09
+    # ... and within it too when the camera, at its last velocity, moves more than this share of the
+    # odometry reference's median depth over the gap (a fast advance: the wall's texture grows past
+    # what Lucas-Kanade's windows follow in one step). The demo procedure ends in an advance of
+    # ~1 mm a frame; node runs that took every second frame there lost 5-18 mm (~1 in 6 runs): the
+    # odometry kept only the far lumen's corners (13-19 inliers) and measured almost none of the
+    # advance. Three such runs replayed offline: 2.27 / 1.21 / 1.43 mm (one lost) -> 1.28 / 1.32 /
+    # 1.21 (0.07 and 0.05 the same; 0.14 lost one again); at the camera's rate (validation, test)
+    # 1.45 / 1.09 mm -> 1.47 / 1.07, p95 40 / 32 -> 43 / 32 ms (0.07: 53 / 40 ms). 0: off.
+    catch_up_scale: float = 0.1
     # A long stall (a slow first frame: up to 2 s seen in the node on a busy machine) is followed
     # through more of the skipped frames: as many as keep each step within catch_up_step_s (0.035:
     # every frame at 30 frames/s), up to catch_up_max (~15 ms each; 64: ~2 s of frames kept whole).
@@ -325,13 +334,16 @@ class Tracker:
     def select_skipped(self, stamps: Sequence[float], stamp: float) -> list[int]:
         """Which of the frames skipped since the last processed one (their ``stamps``, ascending)
         the odometry should follow before the frame at ``stamp`` (indices): none while it knows the
-        velocity and the gap is at most ``catch_up_gap_s``; else ``catch_up`` of them, evenly
+        velocity, the gap is at most ``catch_up_gap_s`` and the camera moves less than
+        ``catch_up_scale`` of the reference's depth over it; else ``catch_up`` of them, evenly
         spread, the first and the last among them; over a stall too long for that, as many as
         keep each step within ``catch_up_step_s`` where the frames allow (at most ``catch_up_max``);
         never more than fit in ``catch_up_time_share`` of the gap at the follows' measured cost."""
         cfg = self.config
         if (not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.last_stamp is None
-                or (self.odometry.has_velocity and stamp - self.last_stamp <= cfg.catch_up_gap_s)):
+                or (self.odometry.has_velocity and stamp - self.last_stamp <= cfg.catch_up_gap_s
+                    and not (cfg.catch_up_scale > 0
+                             and self.odometry.expected_scale(stamp - self.last_stamp) > cfg.catch_up_scale))):
             return []
         idx = [i for i, t in enumerate(stamps) if self.last_stamp < t < stamp]
         gap = stamp - self.last_stamp

@@ -109,6 +109,8 @@ TRACKER_DOCS = {
                  "skipped since the last processed one, evenly spread (0: never).", (0, 8)),
     "catch_up_gap_s": ("... a gap (s) between processed frames beyond which the skipped frames are followed even "
                        "with a known velocity.", (0.0, 10.0)),
+    "catch_up_scale": ("... and within it too when the camera, at its last velocity, moves more than this share "
+                       "of the odometry reference's median depth over the gap (a fast advance; 0: off).", (0.0, 10.0)),
     "catch_up_step_s": ("... over a long gap (a stall) more of them: as many as keep each step within this (s), "
                         "up to catch_up_max (0: catch_up only).", (0.0, 1.0)),
     "catch_up_max": ("... at most this many; the node keeps this many of the frames it drops, thinned evenly over "

@@ -340,13 +340,13 @@ class Tracker:
         keep each step within ``catch_up_step_s`` where the frames allow (at most ``catch_up_max``);
         never more than fit in ``catch_up_time_share`` of the gap at the follows' measured cost."""
         cfg = self.config
-        if (not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.last_stamp is None
-                or (self.odometry.has_velocity and stamp - self.last_stamp <= cfg.catch_up_gap_s
-                    and not (cfg.catch_up_scale > 0
-                             and self.odometry.expected_scale(stamp - self.last_stamp) > cfg.catch_up_scale))):
+        if not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.last_stamp is None:
+            return []
+        gap = stamp - self.last_stamp
+        fast = cfg.catch_up_scale > 0 and self.odometry.expected_scale(gap) > cfg.catch_up_scale
+        if self.odometry.has_velocity and gap <= cfg.catch_up_gap_s and not fast:
             return []
         idx = [i for i, t in enumerate(stamps) if self.last_stamp < t < stamp]
-        gap = stamp - self.last_stamp
         most = cfg.catch_up_max  # ... and no more than fit in a share of the gap at their cost
         if len(self._follow_times) >= 3:
             # (the mean: the registrations inside a long catch-up are part of its cost)

@@ -557,8 +557,7 @@ class Tracker:
             # result): not trusted yet; the estimate coasts on, and this frame, which paid for the
             # probes, skips the search (a LOST frame's time stays bounded: with both, 200-440 ms
             # a frame under the flood test's load).
-            self.ambiguous_recoveries += 1
-            conf = min(conf, cfg.recover_above - 1e-3)
+            conf = self._untrusted(conf)
         if lost and conf < cfg.recover_above and not ambiguous:
             # Lost: search wide around the last trusted pose (centerline starts) and, when a
             # relocaliser is configured, from its candidates (global place recognition).
@@ -578,8 +577,7 @@ class Tracker:
                 if rconf > conf:
                     if rconf >= cfg.recover_above and self._ambiguous(frame, target, rr):
                         # Not trusted yet: the estimate coasts there, the search goes on.
-                        self.ambiguous_recoveries += 1
-                        rconf = min(rconf, cfg.recover_above - 1e-3)
+                        rconf = self._untrusted(rconf)
                     reg, conf = rr, rconf
                     relocalised = rconf >= cfg.recover_above
                     self.relocalisations += int(relocalised)
@@ -712,6 +710,12 @@ class Tracker:
         if cfg.init_search_radius > 0:
             starts += centerline_hypotheses(self.centerline, pose, cfg.init_search_radius, cfg.search_spacing)
         return starts
+
+    def _untrusted(self, conf: float) -> float:
+        """``conf`` held just under ``recover_above`` for an ambiguous result (counted): the
+        estimate may coast there, but the frame does not return to TRACKING."""
+        self.ambiguous_recoveries += 1
+        return min(conf, self.config.recover_above - 1e-3)
 
     def _ambiguous(self, frame: Frame, target: DepthTarget, reg: RegResult) -> bool:
         """Whether a result has a rival: a registration from its pose rolled by +-0.3 rad

@@ -20,7 +20,7 @@ from .io.bag import read_case_bag
 from .io.tum import read_tum, write_tum
 from .pipeline import PipelineConfig, build_tracker, prepare_frame
 from .skipped_frames import SkippedFrames
-from .tracker import TrackState
+from .tracker import ReplayClock, TrackState
 
 __all__ = ["FrameRecord", "track_case", "framewise_case", "summarise", "LEVELS"]
 
@@ -62,7 +62,7 @@ def _lookup(table: dict[int, Pose], stamp: float) -> Pose | None:
 
 def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None, progress: bool = True,
                keep_frames: int = 0, predictor=None, max_frames: int | None = None, on_result=None,
-               realtime: float | None = None):
+               realtime: float | None = None, registration_s: float | None = None, follow_s: float | None = None):
     """Continuous tracking over every frame of ``case``'s bag, from its /initialpose.
 
     ``realtime``: replay as the node sees a live camera instead of every frame: while the tracker
@@ -73,6 +73,13 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
     idle time between frames it gets in the node; without ``realtime`` every frame is registered
     before the next (``registration_wait_s`` inf).
 
+    With a fixed ``realtime`` > 0 the run is reproducible: time is the replay's
+    (:class:`ReplayClock`) - a frame's registration, finishing beside the next frames, is done
+    ``registration_s`` (default ``realtime``) after its frame started, and a followed skipped frame
+    costs ``follow_s`` (default a third of ``realtime``) in the catch-up's time share. A
+    ``registration_s`` longer than ``realtime`` models busy cores: frames go out on the odometry
+    alone until it lands.
+
     ``on_result(tracker, frame, result)``, if given, is called after each frame (for studies).
 
     Returns (records, errors, tracker): errors are the bag's damage reports (kept going past them)."""
@@ -82,6 +89,9 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
         cfg = replace(cfg, tracker=replace(cfg.tracker, registration_wait_s=math.inf))
     airway = load_case_airway(case)
     tracker = build_tracker(airway, cfg, encoder=encoder, predictor=predictor)
+    if realtime is not None and realtime > 0:
+        tracker.clock = ReplayClock(realtime if registration_s is None else registration_s,
+                                    realtime / 3 if follow_s is None else follow_s)
     truth = _truth_by_stamp(case)
     records: list[FrameRecord] = []
     errors: list[str] = []
@@ -132,6 +142,8 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                         skipped.append(prepare_frame(kept[i].data, camera, kept[i].stamp_s))
                     except ValueError:
                         pass
+            if tracker.clock is not None:
+                tracker.clock.now = slot.start
             res = tracker.process(frame, skipped)
             latency_s = math.nan
             if slot is not None:

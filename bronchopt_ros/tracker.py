@@ -36,7 +36,7 @@ from .registration import (DepthRegConfig, DepthTarget, FeatureGNConfig, Feature
                            rotation_hypotheses, si_cost)
 
 
-__all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor"]
+__all__ = ["TrackState", "Frame", "TrackerConfig", "TrackResult", "Tracker", "DepthPredictor", "ReplayClock"]
 
 
 class TrackState(enum.IntEnum):
@@ -257,6 +257,22 @@ def init_prior_sigmas(covariance: np.ndarray | None, config: TrackerConfig) -> t
     return None
 
 
+@dataclass
+class ReplayClock:
+    """Time as a replay models it (``bronchopt eval --realtime SECONDS``), so that a pipelined run
+    is reproducible: a registration finishing in the background is done once ``registration_s``
+    of replay time has passed since its frame started, whatever the machine; a followed skipped
+    frame costs ``follow_s`` in the catch-up's time share. The replay sets ``now`` (its time, s)
+    before each frame. Without one (the node, a measured replay) the tracker uses real time."""
+
+    registration_s: float
+    follow_s: float
+    now: float = 0.0
+
+    def registration_done(self, started: float) -> bool:
+        return self.now >= started + self.registration_s - 1e-9
+
+
 class Tracker:
     """Frame-to-CT tracker. ``renderer`` from :func:`bronchopt_ros.render.make_renderer`,
     ``predictor`` maps a frame to its depth target (the encoder); ``relocaliser`` (optional) maps a
@@ -273,6 +289,7 @@ class Tracker:
         self.odometry_config = odometry or OdometryConfig()
         self._executor: ThreadPoolExecutor | None = None
         self._inflight = None
+        self.clock: ReplayClock | None = None  # a replay's model of time (None: real time)
         torch.set_num_threads(max(1, int(self.config.threads)))
         self.reset()
 
@@ -280,6 +297,7 @@ class Tracker:
     def reset(self) -> None:
         self._settle()
         self._inflight = None  # the last frame's registration finishing in the background (pipelined)
+        self._inflight_since = 0.0  # (with a replay clock) the replay time its frame started
         self._last_result: TrackResult | None = None  # the last registered frame's result
         self.unregistered = 0  # tracked frames that went out on the odometry alone (pipelined, cores busy)
         self.catch_up_registrations = 0  # skipped frames registered inside a long catch-up (catch_up_register_every)
@@ -440,7 +458,7 @@ class Tracker:
                     offset = offset @ self.odometry.last.motion
                     if not self.odometry.keyframe(g, f.camera, self.pose @ offset, self.renderer, f.stamp):
                         break
-                self._follow_times.append(time.perf_counter() - t_follow)
+                self._follow_times.append(time.perf_counter() - t_follow if self.clock is None else self.clock.follow_s)
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
         # (After a long chain of followed frames the prediction has drifted - each unregistered
         # step adds to it - and the prior below is widened by sqrt(1 + frames followed since the
@@ -483,6 +501,7 @@ class Tracker:
                 return pred, self._complete(frame, target, reg, prior, motion, None, t0, steady=False, fold=True)
 
             self._inflight = self._pool().submit(finish)
+            self._inflight_since = self.clock.now if self.clock is not None else 0.0
             return self._predicted(frame, pred, gray, motion, t0)
         target = pending.result() if pending is not None else self.predictor(frame)
         # Without the odometry's prediction the start is a whole frame's motion away: full solver.
@@ -611,6 +630,11 @@ class Tracker:
         job = self._inflight
         if job is None:
             return True
+        if self.clock is not None and not math.isinf(timeout):
+            # (a replay's time decides whether it is done; then its result is waited for)
+            if not self.clock.registration_done(self._inflight_since):
+                return False
+            timeout = math.inf
         try:
             pred, res = job.result(None if math.isinf(timeout) else max(0.0, timeout))
         except FutureTimeout:

@@ -3,8 +3,11 @@ fast as it goes) from the bag's /initialpose and write poses.tum, metrics.json a
 
 ``--realtime [SECONDS]`` replays the bag as the node sees a live camera: frames that arrive while
 the tracker is busy wait in a one-frame slot (the newest wins), so a tracker slower than the
-camera skips frames - busy for its measured time per frame, or SECONDS per frame (reproducible).
-A frame that would miss ``tracker.latency_budget_s`` is let go when the next is due sooner, as in
+camera skips frames - busy for its measured time per frame, or SECONDS per frame. With SECONDS
+the run is reproducible: time is the replay's, and a frame's registration, finishing beside the
+next frames (pipelined, as in the node), lands ``--registration-s`` after its frame started
+(default SECONDS; longer models busy cores, where frames go out on the odometry alone until it
+lands). A frame that would miss ``tracker.latency_budget_s`` is let go when the next is due sooner, as in
 the node. Only the processed frames are scored; ``skipped_frames`` counts the others; the latency
 is receive-to-pose (the wait in the slot included).
 
@@ -31,6 +34,12 @@ def add_parser(sub, name: str, help_: str) -> None:
     p.add_argument("--realtime", nargs="?", type=float, const=0.0, default=None, metavar="SECONDS",
                    help="skip the frames a live camera would deliver while the tracker is busy (its measured "
                         "time, or SECONDS per frame)")
+    p.add_argument("--registration-s", type=float, default=None, metavar="SECONDS",
+                   help="with --realtime SECONDS: replay seconds a frame's background registration takes "
+                        "(default: SECONDS)")
+    p.add_argument("--follow-s", type=float, default=None, metavar="SECONDS",
+                   help="with --realtime SECONDS: replay seconds a followed skipped frame costs (default: a third "
+                        "of SECONDS)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -69,10 +78,15 @@ def run(args: argparse.Namespace) -> int:
         metrics = ev.framewise_metrics(records, starts, tracker)
     else:
         records, errors, tracker = ev.track_case(args.case, cfg, progress=not args.quiet, keep_frames=1,
-                                                 max_frames=args.max_frames, realtime=args.realtime)
+                                                 max_frames=args.max_frames, realtime=args.realtime,
+                                                 registration_s=args.registration_s, follow_s=args.follow_s)
         metrics = ev.summarise(records)
         if args.realtime is not None:
             metrics["realtime_frame_s"] = args.realtime
+            metrics["unregistered_frames"] = int(tracker.unregistered)  # (went out on the odometry alone)
+            if tracker.clock is not None:
+                metrics["replay_registration_s"] = tracker.clock.registration_s
+                metrics["replay_follow_s"] = tracker.clock.follow_s
             metrics["skipped_frames"] = int(tracker.skipped_frames)
             metrics["waited_for_newer"] = int(tracker.waited_for_newer)  # (the latency budget)
     metrics["bag_errors"] = errors

@@ -193,6 +193,15 @@ class TrackerConfig:
     # would widen the next gap, and so on (a flood of frames into the node on a loaded machine, the
     # follows at 20-35 ms each, did so: 4 follows a frame, 100-200 ms, p95 latency 363 ms).
     catch_up_time_share: float = 0.5
+    # ... in a fast advance (catch_up_scale) this share: there a step over a skipped frame loses
+    # the scaled texture. Session 12, the demo procedure replayed reproducibly on modelled busy
+    # cores (`bronchopt eval --realtime 0.1 --registration-s 0.16`: every third frame processed):
+    # with one of the two skipped frames followed (0.5) the final advance ended 7.6 mm off (PnP's
+    # consensus among 15-26 surviving tracks 2-3 mm wrong), with both (0.7) 1.05 mm; measured
+    # runs with a busy second core: lost in 4 of 6 -> 0 of 6; in the node on a slow hour fewer
+    # frames processed and p95 +30-40 ms. Below 1: a share of 1 lets a catch-up fill each gap and
+    # widen the next without bound (at 0.7 the gap settles at ~3.3 frame times).
+    catch_up_fast_share: float = 0.7
     # Over a long catch-up every this many followed frames one is registered too (encoder + the
     # tracking solver, ~20 ms) and its correction folded into the estimate: followed alone over a
     # stall the odometry drifts. Session 11, a 1.75 s stall injected into the node's second frame
@@ -356,7 +365,8 @@ class Tracker:
         ``catch_up_scale`` of the reference's depth over it; else ``catch_up`` of them, evenly
         spread, the first and the last among them; over a stall too long for that, as many as
         keep each step within ``catch_up_step_s`` where the frames allow (at most ``catch_up_max``);
-        never more than fit in ``catch_up_time_share`` of the gap at the follows' measured cost."""
+        never more than fit in ``catch_up_time_share`` of the gap at the follows' measured cost
+        (``catch_up_fast_share`` in a fast advance)."""
         cfg = self.config
         if not cfg.odometry or cfg.catch_up <= 0 or self._pending_init is not None or self.last_stamp is None:
             return []
@@ -369,7 +379,8 @@ class Tracker:
         if len(self._follow_times) >= 3:
             # (the mean: the registrations inside a long catch-up are part of its cost)
             cost = max(float(np.mean(self._follow_times)), 1e-4)
-            most = min(most, max(1, int(cfg.catch_up_time_share * gap / cost)))
+            share = max(cfg.catch_up_time_share, cfg.catch_up_fast_share) if fast else cfg.catch_up_time_share
+            most = min(most, max(1, int(share * gap / cost)))
         n = min(cfg.catch_up, most)
         if len(idx) > n and cfg.catch_up_step_s > 0:
             # Greedy: from the last processed frame, each time the furthest frame within a step

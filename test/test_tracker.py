@@ -332,6 +332,19 @@ def test_skipped_frames_are_chosen_only_when_needed_and_spread_over_the_gap(rend
     assert len(tracker.select_skipped(long, 1.0)) == 10
     tracker.config = replace(cfg, catch_up_step_s=0.0)  # off: catch_up alone
     assert len(tracker.select_skipped(long, 1.0)) == 4
+    # A fast advance (the camera, at its velocity, moving > catch_up_scale of the reference's median
+    # depth over the gap) may take catch_up_fast_share of it: both frames of a three-frame gap
+    # followed where half the gap would fit only one (a step over one lost the scaled texture).
+    tracker.config = replace(cfg, catch_up_gap_s=0.09, catch_up_time_share=0.5, catch_up_fast_share=0.7,
+                             catch_up_scale=0.1)
+    tracker._follow_times.clear()
+    tracker._follow_times.extend([0.033] * 4)
+    tracker.odometry._depth = 0.015
+    for speed, expected in ((0.005, [0]), (0.03, [0, 1])):  # m/s: 0.5 mm / 3 mm over the 0.1 s gap
+        tracker.odometry._velocity = np.array([0.0, 0.0, speed, 0.0, 0.0, 0.0])
+        assert (tracker.odometry.expected_scale(0.1) > 0.1) == (len(expected) == 2)
+        tracker.last_stamp = 0.0
+        assert tracker.select_skipped([1 / 30.0, 2 / 30.0], 0.1) == expected
     off = Tracker(renderer, lambda f: None, TrackerConfig(catch_up=0))
     off.last_stamp = 0.0  # no velocity either: still nothing when switched off
     assert off.select_skipped(stamps, 11 / 30.0) == []

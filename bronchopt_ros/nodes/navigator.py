@@ -120,6 +120,8 @@ TRACKER_DOCS = {
                                 "not add up over a stall (0: never).", (0, 1000)),
     "catch_up_time_share": ("... and never more than fit in this share of the gap at the follows' measured cost "
                             "(a catch-up slower than the video it covers would widen the next gap).", (0.05, 1.0)),
+    "catch_up_fast_share": ("... this share in a fast advance (catch_up_scale), where a step over a skipped frame "
+                            "loses the wall's scaled texture.", (0.05, 1.0)),
     "latency_budget_s": ("Receive-to-pose latency budget (s): when the newest frame has waited so long that it "
                          "would miss it (its wait plus the recent time per frame) and the next frame would not, the "
                          "worker waits for the next one (tracking only; 0: always take the newest at once).",

@@ -7,9 +7,10 @@ camera skips frames - busy for its measured time per frame, or SECONDS per frame
 the run is reproducible: time is the replay's, and a frame's registration, finishing beside the
 next frames (pipelined, as in the node), lands ``--registration-s`` after its frame started
 (default SECONDS; longer models busy cores, where frames go out on the odometry alone until it
-lands). A frame that would miss ``tracker.latency_budget_s`` is let go when the next is due sooner, as in
-the node. Only the processed frames are scored; ``skipped_frames`` counts the others; the latency
-is receive-to-pose (the wait in the slot included).
+lands). A frame that would miss ``tracker.latency_budget_s`` is let go when the next is due
+sooner, as in the node. Only the processed frames are scored; ``skipped_frames`` counts the
+others, ``unregistered_frames`` those that went out on the odometry alone; the latency is
+receive-to-pose (the wait in the slot included).
 
 ``--framewise LEVEL`` (easy, medium, hard) runs the paper's protocol instead: each frame listed in
 starts/LEVEL.tum registered independently from its stored start; metrics over all frames and over

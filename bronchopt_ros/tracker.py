@@ -469,7 +469,8 @@ class Tracker:
                     offset = offset @ self.odometry.last.motion
                     if not self.odometry.keyframe(g, f.camera, self.pose @ offset, self.renderer, f.stamp):
                         break
-                self._follow_times.append(time.perf_counter() - t_follow if self.clock is None else self.clock.follow_s)
+                spent = time.perf_counter() - t_follow
+                self._follow_times.append(spent if self.clock is None else self.clock.follow_s)
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
         # (After a long chain of followed frames the prediction has drifted - each unregistered
         # step adds to it - and the prior below is widened by sqrt(1 + frames followed since the

@@ -196,6 +196,9 @@ def test_a_fixed_cost_replay_is_reproducible_with_registrations_in_the_backgroun
     assert runs["slow 1"][0]["unregistered_frames"] > 0
     assert runs["default"][0]["unregistered_frames"] == 0
     assert runs["default"][0]["frames"] == runs["slow 1"][0]["frames"]  # (the same frames taken)
+    # The model needs a fixed cost: asked for with a measured replay (or none), a clear refusal.
+    for rt in ([], ["--realtime"]):
+        assert main(["eval", str(case), "--out", str(tmp_path / "x"), "--quiet", *rt, "--registration-s", "0.1"]) == 2
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -70,6 +71,9 @@ def pipeline_from_yaml(path: str | Path | None, mode: str | None = None):
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation as ev
 
+    if (args.registration_s is not None or args.follow_s is not None) and not (args.realtime or 0) > 0:
+        print("eval: --registration-s / --follow-s model a fixed --realtime SECONDS; give one", file=sys.stderr)
+        return 2
     cfg = pipeline_from_yaml(args.config, args.mode)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

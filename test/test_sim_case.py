@@ -97,3 +97,9 @@ def test_benchmark_writer_is_resumable(tmp_path):
     assert len(framewise) == 1 and len(tracking) == 1 and not (tracking[0] / "starts").exists()
     m2 = write_benchmark(tmp_path, p, progress=False)
     assert [c["status"] for c in m2["cases"]] == ["kept", "kept"]
+    # A case written with other settings than asked for is not silently kept.
+    p3 = BenchmarkParams(framewise_cases=1, framewise_frames=9, start_every=3, tracking_cases=1, tracking_frames=8,
+                         size=48)
+    m3 = write_benchmark(tmp_path, p3, progress=False)
+    assert [c["status"] for c in m3["cases"]] == ["rewritten", "kept"]
+    assert m3["cases"][0]["frames"] == 9

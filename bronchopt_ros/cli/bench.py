@@ -27,7 +27,8 @@ def add_parser(sub, name: str, help_: str) -> None:
     p.add_argument("--paper-max-frames", type=int, default=6,
                    help="frames per case and level for the paper-faithful 'features' mode (Adam through the "
                         "encoder costs seconds per frame on a CPU) [%(default)s]")
-    p.add_argument("--no-tracking", action="store_true", help="skip the continuous-tracking cases")
+    p.add_argument("--no-tracking", action="store_true",
+                   help="skip the continuous-tracking cases; keep those of an earlier run in OUT/bench.json")
     p.add_argument("--realtime-modes", nargs="*", default=["depth"],
                    help="modes also tracked at the camera's rate (frames skipped while busy, as in the node)")
     p.add_argument("--no-framewise", action="store_true",
@@ -64,13 +65,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     results: dict = {"framewise": {}, "tracking": {}, "cases": [str(c) for c in framewise + tracking],
                      "run_at": {}}
-    if args.no_framewise and (out / "bench.json").exists():  # keep the earlier frame-wise rows
-        old = json.loads((out / "bench.json").read_text())
-        results["framewise"] = old.get("framewise", {})
-        when = old.get("run_at", {}).get("framewise", "an earlier run").replace(" (kept by --no-framewise)", "")
-        results["run_at"]["framewise"] = when + " (kept by --no-framewise)"
-    elif not args.no_framewise:
-        results["run_at"]["framewise"] = time.strftime("%Y-%m-%d")
+    old = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {}
+    for part, skipped in (("framewise", args.no_framewise), ("tracking", args.no_tracking)):
+        if skipped and old:  # keep the earlier run's rows
+            flag = f" (kept by --no-{part})"
+            results[part] = old.get(part, {})
+            results["run_at"][part] = old.get("run_at", {}).get(part, "an earlier run").replace(flag, "") + flag
+        elif not skipped:
+            results["run_at"][part] = time.strftime("%Y-%m-%d")
     encoder = None
     for mode in args.modes:
         cfg = pipeline_from_yaml(args.config, mode)
@@ -114,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
             results["tracking"][key] = ev.summarise(recs)
             results["tracking"][key]["skipped_frames"] = skipped
             print(f"[{key}] tracking: {_fmt(results['tracking'][key])}, {skipped} frames skipped")
-    if not args.no_tracking:
-        results["run_at"]["tracking"] = time.strftime("%Y-%m-%d")
     md = _markdown(results, args)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "bench.md").write_text(md)

@@ -39,6 +39,7 @@ class FrameRecord:
     rgb: np.ndarray | None = field(default=None, repr=False)
     camera: Camera | None = field(default=None, repr=False)
     latency_s: float = math.nan  # (--realtime) receive-to-pose: the wait for the worker + its time
+    generation: int = -1  # airway generation at the true pose (0: trachea; -1: unknown)
 
 
 def load_case_airway(case: Path):
@@ -46,6 +47,22 @@ def load_case_airway(case: Path):
     if mesh is None:
         raise FileNotFoundError(f"{case}: no airway.ply/.stl/.obj")
     return load_airway_with_centerline(mesh, units="mm", compute=False)
+
+
+def _label_generations(records: list[FrameRecord], airway) -> None:
+    """Set each record's airway generation at its true pose (from the case's centerline)."""
+    cl = getattr(airway, "centerline", None)
+    with_truth = [r for r in records if r.truth is not None]
+    if cl is None or not with_truth:
+        return
+    for r, g in zip(with_truth, cl.generation_at(np.array([r.truth.t for r in with_truth]))):
+        r.generation = int(g)
+
+
+#: Airway regions reported apart (generations, inclusive): where a single frame or the tracker
+#: struggles differs (a plain tube in the trachea, narrow bronchi deeper).
+GENERATION_GROUPS = {"trachea": (0, 0), "generations 1-2": (1, 2), "generations 3-4": (3, 4),
+                     "generations 5+": (5, 1 << 30)}
 
 
 def _truth_by_stamp(case: Path) -> dict[int, Pose]:
@@ -170,6 +187,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                 break
     if bar is not None:
         bar.close()
+    _label_generations(records, airway)
     tracker.skipped_frames = slot.skipped if slot is not None else 0
     tracker.waited_for_newer = slot.waited_for_newer if slot is not None else 0
     return records, errors, tracker
@@ -288,6 +306,7 @@ def framewise_case(case: str | Path, level: str, cfg: PipelineConfig | None = No
                 break
     if bar is not None:
         bar.close()
+    _label_generations(records, airway)
     return records, used_starts, errors, tracker
 
 
@@ -332,6 +351,17 @@ def summarise(records: list[FrameRecord], lost_gap_s: bool = True) -> dict:
     out["lost_stretches"] = len(recoveries) + int(start is not None)
     out["recoveries"] = len(recoveries)
     out["recovery_s_mean"] = float(np.mean(recoveries)) if recoveries else 0.0
+    by_gen = {}
+    for name, (lo, hi) in GENERATION_GROUPS.items():
+        grp = [r for r in records if lo <= r.generation <= hi]
+        ok = [(r.pose, r.truth) for r in grp if r.pose is not None]
+        if grp and ok:
+            st = pose_error_stats([p for p, _ in ok], [g for _, g in ok])
+            by_gen[name] = {"frames": len(grp), "trans_err_mm_mean": st["trans_err_mm_mean"],
+                            "rot_err_rad_mean": st["rot_err_rad_mean"],
+                            "success_rate": st["success_rate"] * len(ok) / len(grp)}
+    if by_gen:
+        out["by_generation"] = by_gen  # (airway generation at the true pose)
     return out
 
 

@@ -30,6 +30,9 @@ def test_bench_writes_both_parts_and_keeps_the_skipped_one(tiny_bench):
     assert first["tracking"]["depth"]["frames"] == 6
     md = (tiny_bench / "results" / "bench.md").read_text()
     assert "| easy |" in md and "| depth |" in md
+    # The tracking rows split by airway generation at the true pose (a 6-frame case: the trachea).
+    gens = first["tracking"]["depth"]["by_generation"]
+    assert gens["trachea"]["frames"] == 6 and "tracking by airway generation" in md
 
     # Re-run the tracking only: the frame-wise rows are the first run's, said so.
     first["framewise"]["easy"]["depth"]["marker"] = 1.0  # (so the kept rows are recognisable)

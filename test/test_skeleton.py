@@ -81,3 +81,17 @@ def test_lidc_label_map_centerline():
     assert len(cl.children(root.id)) == 2
     ijk = np.round(ct.mm_to_voxel(p * 1e3)).astype(int)
     assert mask[tuple(ijk.T)].mean() > 0.95
+
+
+def test_generation_at_names_the_branch_a_point_lies_in(anat):
+    cl = anat.centerline
+    deepest = max(cl.branches, key=lambda b: b.generation)
+    kid = cl.children(cl.root.id)[0]
+    pts = np.array([cl.root.points[len(cl.root.points) // 2], kid.points[len(kid.points) // 2],
+                    deepest.points[len(deepest.points) // 2]])
+    # (a little off the centerline, as a camera is)
+    got = cl.generation_at(pts + 0.3e-3)
+    assert got.tolist() == [0, kid.generation, deepest.generation] and deepest.generation >= 3
+    from bronchopt_ros.airway.centerline import Centerline
+
+    assert Centerline([]).generation_at(pts).tolist() == [-1, -1, -1]

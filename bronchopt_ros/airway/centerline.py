@@ -85,6 +85,19 @@ class Centerline:
         i = np.concatenate([np.full(len(b.points), b.id) for b in self.branches])
         return p, r, i
 
+    def generation_at(self, points: np.ndarray) -> np.ndarray:
+        """The generation (0: trachea) of the branch whose centerline passes nearest to each of
+        ``points`` (N, 3); -1 for all when the centerline is empty."""
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if not self.branches:
+            return np.full(len(pts), -1, dtype=np.int64)
+        from scipy.spatial import cKDTree
+
+        samples, _, ids = self.all_points()
+        gen = np.array([self._by_id[int(i)].generation for i in ids], dtype=np.int64)
+        _, nearest = cKDTree(samples).query(pts)
+        return gen[nearest]
+
     def to_networkx(self):
         import networkx as nx
 

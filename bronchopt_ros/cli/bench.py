@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _markdown(res: dict, args) -> str:
+    from .. import evaluation as ev
+
     modes = args.modes
     lines = ["| level | start (mm / rad) | " + " | ".join(f"{m}: all frames (mm / rad / success)" for m in modes)
              + " | " + " | ".join(f"{m}: successful frames" for m in modes) + " | paper (successful) | "
@@ -166,6 +168,18 @@ def _markdown(res: dict, args) -> str:
                          f"{m.get('fps_mean', 0):.1f} | {m.get('latency_ms_p95', 0):.1f} | {m.get('longest_lost_s', 0):.2f} | "
                          f"{m.get('lost_stretches', 0)} / {m.get('recoveries', 0)} ({m.get('recovery_s_mean', 0):.2f}) | "
                          f"{m.get('frames', 0)} / {m.get('skipped_frames', 0)} |")
+        groups = [g for g in ev.GENERATION_GROUPS if any(g in m.get("by_generation", {}) for m in res["tracking"].values())]
+        if groups:
+            lines.append("")
+            lines.append("| tracking by airway generation (mm / rad / success, frames) | " + " | ".join(groups) + " |")
+            lines.append("| --- |" + " --- |" * len(groups))
+            for mode, m in res["tracking"].items():
+                cells = []
+                for g in groups:
+                    c = m.get("by_generation", {}).get(g)
+                    cells.append(f"{c['trans_err_mm_mean']:.2f} / {c['rot_err_rad_mean']:.3f} / "
+                                 f"{100 * c['success_rate']:.1f}%, {c['frames']}" if c else "-")
+                lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         if any("camera rate" in k for k in res["tracking"]):
             lines.append("")
             lines.append("'at camera rate': the bag replayed as a live 30 frames/s camera; frames arriving while the "

@@ -49,6 +49,12 @@ def load_case_airway(case: Path):
     return load_airway_with_centerline(mesh, units="mm", compute=False)
 
 
+#: Airway regions reported apart (generations, inclusive): where a single frame or the tracker
+#: struggles differs (a plain tube in the trachea, narrow bronchi deeper).
+GENERATION_GROUPS = {"trachea": (0, 0), "generations 1-2": (1, 2), "generations 3-4": (3, 4),
+                     "generations 5+": (5, 1 << 30)}
+
+
 def _label_generations(records: list[FrameRecord], airway) -> None:
     """Set each record's airway generation at its true pose (from the case's centerline)."""
     cl = getattr(airway, "centerline", None)
@@ -57,12 +63,6 @@ def _label_generations(records: list[FrameRecord], airway) -> None:
         return
     for r, g in zip(with_truth, cl.generation_at(np.array([r.truth.t for r in with_truth]))):
         r.generation = int(g)
-
-
-#: Airway regions reported apart (generations, inclusive): where a single frame or the tracker
-#: struggles differs (a plain tube in the trachea, narrow bronchi deeper).
-GENERATION_GROUPS = {"trachea": (0, 0), "generations 1-2": (1, 2), "generations 3-4": (3, 4),
-                     "generations 5+": (5, 1 << 30)}
 
 
 def _truth_by_stamp(case: Path) -> dict[int, Pose]:

@@ -178,6 +178,7 @@ def test_realtime_replay_skips_the_frames_a_busy_tracker_misses(evaluated, tmp_p
     else:  # frames taken up to a period old
         assert m["waited_for_newer"] == 0 and m["latency_ms_p50"] > 1e3 * 0.05
 
+
 def test_a_fixed_cost_replay_is_reproducible_with_registrations_in_the_background(evaluated, tmp_path):
     """``--realtime SECONDS``: time is the replay's, so a pipelined run - poses going out on the
     odometry while registrations finish beside later frames - gives the same poses on every run,

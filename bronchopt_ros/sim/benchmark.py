@@ -82,13 +82,14 @@ def write_benchmark(out: str | Path, params: BenchmarkParams | None = None, prog
     for kind, seed, cp in it:
         case = out / kind / f"case_{seed}"
         t0 = time.perf_counter()
-        status = "kept"
-        if (case / "case.json").exists() and not _matches(case, cp):
-            shutil.rmtree(case)
-            status = "rewritten"
-        if not (case / "case.json").exists():
+        done = (case / "case.json").exists()
+        if done and _matches(case, cp):
+            status = "kept"
+        else:
+            if done:  # written with other settings than asked for
+                shutil.rmtree(case)
             write_case(case, seed, cp, progress=progress)
-            status = "written" if status == "kept" else status
+            status = "rewritten" if done else "written"
         info = json.loads((case / "case.json").read_text())
         cases.append({"set": kind, "seed": seed, "path": str(case.relative_to(out)), "frames": info["frames"],
                       "status": status, "seconds": round(time.perf_counter() - t0, 1),

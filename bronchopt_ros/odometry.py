@@ -232,6 +232,11 @@ class FrameOdometry:
         return float(np.linalg.norm(self._velocity[:3]) * dt / self._depth)
 
     @property
+    def has_reference(self) -> bool:
+        """Whether a reference frame with corners is held (a textureless view gives none)."""
+        return self._gray is not None
+
+    @property
     def has_velocity(self) -> bool:
         """Whether the next search can start from the camera's last velocity."""
         return self._velocity is not None

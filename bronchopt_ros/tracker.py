@@ -128,6 +128,16 @@ class TrackerConfig:
     # 2 registrations (~15 ms each) per probe; while coasting on an ambiguous result, every third
     # frame (with probes on every frame a flood of frames into the node cascaded). 0: off.
     reloc_ambiguity: float = 0.25
+    # While TRACKING, a frame whose odometry failed (its reference's corners lost: too long a
+    # step, a fast turn; not a textureless view, which has none) is registered blind, with the full solver from the last estimate and no prior. Such a
+    # result is trusted only when unambiguous (the probes above); else the frame means LOST at
+    # once. Session 14, the demo procedure replayed on modelled slow cores (`bronchopt eval
+    # --realtime 0.2`: 5 frames/s, the scope turning 20-40 deg/s): the odometry lost the corners
+    # every second frame and the blind registrations walked off, 95 mm away by the end, every frame
+    # TRACKING at confidence 0.6-0.7 (the encoder's depth fits such poses as well as the truth);
+    # the probe flagged the first four (7-15 mm off). At the camera's rate the odometry does not
+    # fail (demo, test procedures): no cost there. False: off.
+    blind_probe: bool = True
     threads: int = 1  # torch intra-op threads for the solver (1 is fastest for these small problems)
     # Run the encoder on a second thread beside the odometry: the same estimates, ~15 % faster per
     # frame on 2 cores (33 vs 39 ms). It needs a short GIL switch interval (threads.quick_gil_handoff,
@@ -320,6 +330,7 @@ class Tracker:
         self._init_sigmas: tuple[float, float] | None = None  # prior on the pending (re)initialisation
         self.relocalisations = 0
         self.ambiguous_recoveries = 0  # returns to TRACKING refused: another pose explained the frame as well
+        self.blind_lost = 0  # ambiguous blind registrations (the odometry failed) that meant LOST (blind_probe)
         self._probe_wait = 0  # frames until the next ambiguity probe while coasting on an ambiguous result
         self._search_cursor = 0  # where the wide search goes on at the next LOST frame
         self.odometry = FrameOdometry(self.odometry_config)
@@ -448,6 +459,7 @@ class Tracker:
         self._update_odometry_reference()  # (the last frame's, beside the encoder: off its own latency)
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
+        referenced = False  # the odometry had corners to follow into this frame
         drift = 0  # skipped frames followed since the last registered one (the prediction's error grows with them)
         # The odometry's reference frame seen from the last processed frame.
         offset = Pose.identity() if self._odo_last is None else self._odo_last.motion.inv()
@@ -471,6 +483,7 @@ class Tracker:
                         break
                 spent = time.perf_counter() - t_follow
                 self._follow_times.append(spent if self.clock is None else self.clock.follow_s)
+            referenced = self.odometry.has_reference  # (a failure without one is a textureless view)
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
         # (After a long chain of followed frames the prediction has drifted - each unregistered
         # step adds to it - and the prior below is widened by sqrt(1 + frames followed since the
@@ -518,7 +531,8 @@ class Tracker:
         target = pending.result() if pending is not None else self.predictor(frame)
         # Without the odometry's prediction the start is a whole frame's motion away: full solver.
         reg = self._register(frame, target, starts, prior=prior, init=motion is None)
-        return self._complete(frame, target, reg, prior, motion, gray, t0, steady=True)
+        return self._complete(frame, target, reg, prior, motion, gray, t0, steady=True,
+                              blind=motion is None and referenced)
 
     def _register_followed(self, f: Frame, offset: Pose, steps: int) -> bool:
         """Register a skipped frame the odometry follows over a long gap (``offset``: its camera
@@ -565,10 +579,12 @@ class Tracker:
                        odometry_inliers=motion.inliers, innovation=math.nan, registered=False)
 
     def _complete(self, frame: Frame, target: DepthTarget, reg: RegResult, prior: PosePrior | None, motion,
-                  gray: np.ndarray | None, t0: float, steady: bool, fold: bool = False) -> TrackResult:
+                  gray: np.ndarray | None, t0: float, steady: bool, fold: bool = False,
+                  blind: bool = False) -> TrackResult:
         """A frame's registration done: confidence, the search when LOST, the state machine, the
         estimate; ``gray`` (not None): the frame's image for the odometry's next reference.
-        ``fold``: run in the background (pipelined): the estimate is left to :meth:`_settle`."""
+        ``fold``: run in the background (pipelined): the estimate is left to :meth:`_settle`.
+        ``blind``: registered without the odometry's prediction, which failed (``blind_probe``)."""
         cfg = self.config
         relocalised = False
         odo_inliers, innovation = 0, math.nan
@@ -577,6 +593,11 @@ class Tracker:
             e = prior.residual(reg.pose)
             innovation = float(np.sqrt((prior.info() * e * e).sum()))
         conf = self.confidence(reg)
+        lost_now = (blind and cfg.blind_probe and self.state == TrackState.TRACKING and conf >= cfg.lost_below
+                    and self._ambiguous(frame, target, reg))
+        if lost_now:  # LOST at once; the estimate coasts at the last trusted pose
+            self.blind_lost += 1
+            conf = 0.99 * cfg.lost_below
         lost = self.state in (TrackState.LOST, TrackState.RELOCALISING)
         # (the probes cost ~2 registrations: while coasting on an ambiguous result they run every
         # third frame; the frames between stay unconfirmed)
@@ -612,7 +633,7 @@ class Tracker:
                     reg, conf = rr, rconf
                     relocalised = rconf >= cfg.recover_above
                     self.relocalisations += int(relocalised)
-        self._update_state(conf, relocalised)
+        self._update_state(conf, relocalised, lost_now)
         if conf >= cfg.lost_below:
             self._trusted_stamp = frame.stamp
             if not fold:
@@ -788,12 +809,12 @@ class Tracker:
             c *= reg.valid_fraction / self.config.min_valid_fraction
         return float(c)
 
-    def _update_state(self, conf: float, relocalised: bool) -> None:
+    def _update_state(self, conf: float, relocalised: bool, lost_now: bool = False) -> None:
         cfg = self.config
         if self.state in (TrackState.INITIALISING, TrackState.TRACKING):
             if conf < cfg.lost_below:
                 self._low += 1
-                if self._low >= cfg.lost_after or conf < cfg.lost_at_once:
+                if self._low >= cfg.lost_after or conf < cfg.lost_at_once or lost_now:
                     self.state = TrackState.LOST
             else:
                 self._low = 0

@@ -386,3 +386,34 @@ def test_a_return_from_lost_is_trusted_only_when_no_other_pose_explains_the_fram
     res = tracker._last_result
     assert res.pose.rotation_error(views["at the carina"]) < 0.02
     tracker.close()
+
+
+def test_a_blind_registration_is_trusted_only_when_unambiguous(renderer):
+    """While TRACKING, a frame whose odometry lost its reference's corners (a step too long, a fast
+    turn: here the wall's texture swapped for another) is registered blind, from the last estimate
+    without a prior. Along the Y's straight trachea the depth cannot see the roll, so such a result
+    means LOST at once (counted); at the carina it is kept. A textureless video, where the odometry
+    never had corners, is not blind (test_tracker_follows_a_procedure)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+
+    def texture():
+        return cv2.GaussianBlur(rng.integers(0, 256, (200, 200, 3)).astype(np.uint8), (0, 0), 2.0)
+
+    views = {"along the trachea": Pose.look_at(np.array([0.0, 0.0, 30.0]) * MM, np.array([0.0, 0.0, 60.0]) * MM,
+                                               up=(1.0, 0.0, 0.0)),
+             "at the carina": Pose.look_at(np.array([1.0, 0.5, 20.0]) * MM, (0.0, 0.0, -5 * MM), up=(1.0, 0.0, 0.0))}
+    for name, probe, expected in (("along the trachea", True, TrackState.LOST),
+                                  ("along the trachea", False, TrackState.TRACKING),
+                                  ("at the carina", True, TrackState.TRACKING)):
+        truth = {k / 30: views[name] for k in range(3)}
+        tracker = Tracker(renderer, ExactDepth(renderer, truth), TrackerConfig(pipelined=False, blind_probe=probe))
+        tracker.initialise(views[name])
+        seen, other = texture(), texture()
+        states = [tracker.process(Frame(rgb, CAM, s)).state for rgb, s in zip((seen, seen, other), truth)]
+        assert states[:2] == [TrackState.TRACKING] * 2, (name, states)
+        assert tracker.odometry.last is None  # the third frame's corners were lost
+        assert states[2] == expected, (name, probe, states)
+        assert tracker.blind_lost == int(expected == TrackState.LOST)
+        tracker.close()

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                                                  max_frames=args.max_frames, realtime=args.realtime,
                                                  registration_s=args.registration_s, follow_s=args.follow_s)
         metrics = ev.summarise(records)
+        metrics["blind_lost"] = int(tracker.blind_lost)  # (blind registrations that meant LOST: blind_probe)
         if args.realtime is not None:
             metrics["realtime_frame_s"] = args.realtime
             metrics["unregistered_frames"] = int(tracker.unregistered)  # (went out on the odometry alone)

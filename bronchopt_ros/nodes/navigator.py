@@ -94,6 +94,10 @@ TRACKER_DOCS = {
                         "by +-0.3 rad lands elsewhere (> 10 deg or 5 mm) with a scale-invariant error within this "
                         "fraction of its own; else the estimate coasts there, withheld, and is probed again every "
                         "third frame (a plain bronchus barely shows the roll). 0: off.", (0.0, 10.0)),
+    "blind_probe": ("While TRACKING, a frame whose visual odometry lost its reference's corners (too long a step, a "
+                    "fast turn) is registered blind, from the last estimate without a prior: trusted only when "
+                    "unambiguous (the reloc_ambiguity probes), else LOST at once (counted: blind_lost in /diagnostics).",
+                    None),
     "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
                  "1-2 s under a flood of frames published in-process).", None),
@@ -572,6 +576,7 @@ class Navigator(Node):
                     rate_hz=f"{self.rate_hz():.1f}",
                     latency_ms_p50=f"{np.percentile(lp, 50):.1f}", latency_ms_p95=f"{np.percentile(lp, 95):.1f}",
                     ambiguous_recoveries=str(getattr(self.tracker, "ambiguous_recoveries", 0)),
+                    blind_lost=str(getattr(self.tracker, "blind_lost", 0)),
                     **{k: str(v) for k, v in self.counters.items()})
         d.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray()

@@ -3,7 +3,7 @@
 :func:`shade` turns the visible surface (CT-space point for the solid textures, camera-frame
 normal, depth, cartilage-ring coordinate) into linear radiance:
 
-* a point light at the tip (``light_offset`` beside the lens) with ``1 / d**falloff`` falloff
+* a point light at the tip (``light_offset`` beside the lens, towards ``light_angle``) with ``1 / d**falloff`` falloff
   (inverse square by default) and the cosine term, plus a little ambient light;
 * wet specular highlights (Blinn-Phong) with a patchy wet film;
 * mucosa albedo = base colour x low-frequency colour patches x solid texture (3D noise at the
@@ -249,7 +249,8 @@ def shade(inp: ShadingInputs, app: Appearance) -> np.ndarray:
         slope = -np.sin(2 * np.pi * inp.ring_s / app.ring_spacing) * inp.ring_weight * app.ring_bump
         n = n + slope[:, None] * inp.axis_cam
         n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
-    light = np.array([app.light_offset, 0.0, 0.0])
+    a = np.radians(app.light_angle)
+    light = app.light_offset * np.array([np.cos(a), np.sin(a), 0.0])
     L = light - P
     dist = np.maximum(np.linalg.norm(L, axis=1), 2e-4)
     l = L / dist[:, None]

@@ -10,8 +10,7 @@ mucosa hue                pink-red, 345-365 deg    salmon-orange, 8-22 deg
 texture family            ``fbm`` (smooth)         ``ridged`` (cellular)
 vessel contrast           0.10-0.35                0.40-0.60
 specular shininess        15-50                    60-120
-light offset from lens    0-0.7 mm                 0.8-1.5 mm
-light direction           any (0-360 deg)          +x (0 deg)
+light offset from lens    0-0.6 mm                 0.8-1.5 mm
 ========================= ======================== ========================
 
 Other parameters share ranges. ``domain="any"`` draws either domain's ranges at random.
@@ -147,7 +146,7 @@ def sample_appearance(rng: np.random.Generator, domain: str = "train") -> Appear
         light_power=u(0.5, 2.0),
         falloff=u(1.8, 2.2),
         ambient=u(0.005, 0.05),
-        light_offset=u(0.8e-3, 1.5e-3) if test else u(0.0, 0.7e-3),
+        light_offset=u(0.8e-3, 1.5e-3) if test else u(0.0, 0.6e-3),
         vignetting=u(0.15, 0.6),
         white_balance=(u(0.92, 1.08), 1.0, u(0.92, 1.08)),
         autogain_target=u(0.65, 0.9),
@@ -160,6 +159,4 @@ def sample_appearance(rng: np.random.Generator, domain: str = "train") -> Appear
         motion_blur=u(1.0, 6.0) if rng.random() < 0.15 * artefact else 0.0,
         fluid=u(0.1, 0.4) if rng.random() < 0.1 * artefact else 0.0,
         fluid_rgb=_hsv(u(35, 55), u(0.2, 0.5), u(0.7, 0.95)),
-        # drawn last, and for train only, so that test appearances stay as they were
-        light_angle=0.0 if test else u(0.0, 360.0),
     )

@@ -231,6 +231,13 @@ class FrameOdometry:
             return 0.0
         return float(np.linalg.norm(self._velocity[:3]) * dt / self._depth)
 
+    def expected_motion(self, dt: float) -> tuple[float, float] | None:
+        """How far (m) and how much (rad) the camera moves in ``dt`` s at its last velocity (None:
+        unknown)."""
+        if self._velocity is None:
+            return None
+        return float(np.linalg.norm(self._velocity[:3]) * dt), float(np.linalg.norm(self._velocity[3:]) * dt)
+
     @property
     def has_reference(self) -> bool:
         """Whether a reference frame with corners is held (a textureless view gives none)."""

@@ -129,15 +129,23 @@ class TrackerConfig:
     # frame (with probes on every frame a flood of frames into the node cascaded). 0: off.
     reloc_ambiguity: float = 0.25
     # While TRACKING, a frame whose odometry failed (its reference's corners lost: too long a
-    # step, a fast turn; not a textureless view, which has none) is registered blind, with the full solver from the last estimate and no prior. Such a
-    # result is trusted only when unambiguous (the probes above); else the frame means LOST at
-    # once. Session 14, the demo procedure replayed on modelled slow cores (`bronchopt eval
-    # --realtime 0.2`: 5 frames/s, the scope turning 20-40 deg/s): the odometry lost the corners
-    # every second frame and the blind registrations walked off, 95 mm away by the end, every frame
-    # TRACKING at confidence 0.6-0.7 (the encoder's depth fits such poses as well as the truth);
-    # the probe flagged the first four (7-15 mm off). At the camera's rate the odometry does not
-    # fail (demo, test procedures): no cost there. False: off.
+    # step, a fast turn; not a textureless view, which has none) is registered blind, with the full
+    # solver from the last estimate and no prior. When the camera may have moved out of the
+    # solver's reach since (at its last velocity more than blind_probe_m or blind_probe_rad over
+    # the gap - the frame-wise easy level, 2 mm / 0.14 rad, is where the full solver mostly
+    # succeeds; velocity unknown: a gap over catch_up_gap_s), such a result is trusted only when
+    # unambiguous (the probes above); else the frame means LOST at once. Session 14, the demo
+    # procedure replayed on modelled slow cores (`bronchopt eval --realtime 0.2`: 5 frames/s, the
+    # scope moving 20-30 mm/s and turning 20-40 deg/s): the odometry lost the corners every second
+    # frame and the blind registrations walked off, 95 mm away by the end, every frame TRACKING at
+    # confidence 0.6-0.7 (the encoder's depth fits such poses as well as the truth); the probe
+    # flagged the first four (7-15 mm off); frames wrong while TRACKING 37 -> 4 of 41
+    # (bench/bench_rate.py). A blind frame within reach is kept: test procedure 3100, every frame,
+    # lost its corners once in generation 5 (0.9 mm / 7.8 deg off, right), and the probe, finding
+    # the plain bronchus' roll ambiguous, had held it LOST for 1.6 s. False: off.
     blind_probe: bool = True
+    blind_probe_m: float = 0.002
+    blind_probe_rad: float = 0.1
     threads: int = 1  # torch intra-op threads for the solver (1 is fastest for these small problems)
     # Run the encoder on a second thread beside the odometry: the same estimates, ~15 % faster per
     # frame on 2 cores (33 vs 39 ms). It needs a short GIL switch interval (threads.quick_gil_handoff,
@@ -459,7 +467,7 @@ class Tracker:
         self._update_odometry_reference()  # (the last frame's, beside the encoder: off its own latency)
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
-        referenced = False  # the odometry had corners to follow into this frame
+        blind = False  # the odometry lost its corners and the camera may have moved out of the solver's reach
         drift = 0  # skipped frames followed since the last registered one (the prediction's error grows with them)
         # The odometry's reference frame seen from the last processed frame.
         offset = Pose.identity() if self._odo_last is None else self._odo_last.motion.inv()
@@ -484,7 +492,14 @@ class Tracker:
                 spent = time.perf_counter() - t_follow
                 self._follow_times.append(spent if self.clock is None else self.clock.follow_s)
             referenced = self.odometry.has_reference  # (a failure without one is a textureless view)
+            reach = self.odometry.expected_motion(frame.stamp - since)  # (before a failure forgets the velocity)
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
+            if motion is None and referenced:
+                # Blind: registered from the last estimate without the odometry's step. Out of the
+                # solver's reach when the camera, at its last velocity, moved beyond blind_probe_m
+                # / _rad since (unknown velocity: a gap longer than catch_up_gap_s).
+                blind = (frame.stamp - since > cfg.catch_up_gap_s if reach is None
+                         else reach[0] > cfg.blind_probe_m or reach[1] > cfg.blind_probe_rad)
         # (After a long chain of followed frames the prediction has drifted - each unregistered
         # step adds to it - and the prior below is widened by sqrt(1 + frames followed since the
         # last registration). Registering such a frame before its pose goes out helped the demo's
@@ -532,7 +547,7 @@ class Tracker:
         # Without the odometry's prediction the start is a whole frame's motion away: full solver.
         reg = self._register(frame, target, starts, prior=prior, init=motion is None)
         return self._complete(frame, target, reg, prior, motion, gray, t0, steady=True,
-                              blind=motion is None and referenced)
+                              blind=blind)
 
     def _register_followed(self, f: Frame, offset: Pose, steps: int) -> bool:
         """Register a skipped frame the odometry follows over a long gap (``offset``: its camera

@@ -95,9 +95,14 @@ TRACKER_DOCS = {
                         "fraction of its own; else the estimate coasts there, withheld, and is probed again every "
                         "third frame (a plain bronchus barely shows the roll). 0: off.", (0.0, 10.0)),
     "blind_probe": ("While TRACKING, a frame whose visual odometry lost its reference's corners (too long a step, a "
-                    "fast turn) is registered blind, from the last estimate without a prior: trusted only when "
-                    "unambiguous (the reloc_ambiguity probes), else LOST at once (counted: blind_lost in /diagnostics).",
-                    None),
+                    "fast turn) is registered blind, from the last estimate without a prior; when the camera may "
+                    "have moved out of the solver's reach since (blind_probe_m / _rad), it is trusted only when "
+                    "unambiguous (the reloc_ambiguity probes), else LOST at once (counted: blind_lost in "
+                    "/diagnostics).", None),
+    "blind_probe_m": ("... out of reach: the camera, at its last velocity, moved more than this (m) since the last "
+                      "processed frame ...", (0.0, 0.1)),
+    "blind_probe_rad": ("... or turned more than this (rad); velocity unknown: a gap over catch_up_gap_s.",
+                        (0.0, 3.2)),
     "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
                  "1-2 s under a flood of frames published in-process).", None),

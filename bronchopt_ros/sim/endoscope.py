@@ -3,8 +3,9 @@
 :func:`shade` turns the visible surface (CT-space point for the solid textures, camera-frame
 normal, depth, cartilage-ring coordinate) into linear radiance:
 
-* a point light at the tip (``light_offset`` beside the lens, towards ``light_angle``) with ``1 / d**falloff`` falloff
-  (inverse square by default) and the cosine term, plus a little ambient light;
+* a point light at the tip (``light_offset`` beside the lens, towards ``light_angle``) with
+  ``1 / d**falloff`` falloff (inverse square by default) and the cosine term, plus a little
+  ambient light;
 * wet specular highlights (Blinn-Phong) with a patchy wet film;
 * mucosa albedo = base colour x low-frequency colour patches x solid texture (3D noise at the
   CT-space hit point, ``fbm`` or ``ridged``, baked into small periodic volumes and looked up

@@ -238,6 +238,12 @@ class FrameOdometry:
             return None
         return float(np.linalg.norm(self._velocity[:3]) * dt), float(np.linalg.norm(self._velocity[3:]) * dt)
 
+    def extrapolate(self, stamp: float) -> Pose | None:
+        """The camera at ``stamp`` relative to the last tracked frame (or the reference, when none
+        was tracked since it), at the last velocity (None: unknown)."""
+        dt = stamp - self._stamp if self._stamp is not None else None
+        return self._predicted_step(dt)
+
     @property
     def has_reference(self) -> bool:
         """Whether a reference frame with corners is held (a textureless view gives none)."""

@@ -143,6 +143,11 @@ class TrackerConfig:
     # (bench/bench_rate.py). A blind frame within reach is kept: test procedure 3100, every frame,
     # lost its corners once in generation 5 (0.9 mm / 7.8 deg off, right), and the probe, finding
     # the plain bronchus' roll ambiguous, had held it LOST for 1.6 s. False: off.
+    # (Whether probed or not, a frame whose odometry failed is registered from where the camera's
+    # last velocity takes it, and LOST the estimate coasts there: from the last estimate, a stall
+    # in the demo's fast advance (~28 mm/s; bench/bench_stall.py) left it 8.8 mm behind along the
+    # bronchus, where the tracker then recovered and stayed TRACKING; coasting, 1.3 mm. The demo
+    # at 5 / 6 / 8 frames/s: 27.9 / 7.5 / 1.6 mm -> 2.9 / 2.7 / 1.4 mm.)
     blind_probe: bool = True
     blind_probe_m: float = 0.002
     blind_probe_rad: float = 0.1
@@ -468,6 +473,7 @@ class Tracker:
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
         blind = False  # the odometry lost its corners and the camera may have moved out of the solver's reach
+        coast = None  # the odometry lost its corners: where the camera is at its last velocity
         drift = 0  # skipped frames followed since the last registered one (the prediction's error grows with them)
         # The odometry's reference frame seen from the last processed frame.
         offset = Pose.identity() if self._odo_last is None else self._odo_last.motion.inv()
@@ -493,7 +499,12 @@ class Tracker:
                 self._follow_times.append(spent if self.clock is None else self.clock.follow_s)
             referenced = self.odometry.has_reference  # (a failure without one is a textureless view)
             reach = self.odometry.expected_motion(frame.stamp - since)  # (before a failure forgets the velocity)
+            step = self.odometry.extrapolate(frame.stamp)
+            last = self.odometry.last
             motion = self.odometry.track(gray, frame.camera, frame.stamp)
+            if motion is None and step is not None:
+                # where the camera would be at its last velocity: the blind registration's start
+                coast = self.pose @ offset @ (last.motion if last is not None else Pose.identity()) @ step
             if motion is None and referenced:
                 # Blind: registered from the last estimate without the odometry's step. Out of the
                 # solver's reach when the camera, at its last velocity, moved beyond blind_probe_m
@@ -530,6 +541,8 @@ class Tracker:
             pred = self.pose @ offset @ motion.motion
             self.odometry_frames += 1
             prior = self._odometry_prior(pred, drift)
+        if coast is not None:
+            pred = coast
         starts = [pred] if cfg.hypotheses <= 1 else rotation_hypotheses(pred)[: cfg.hypotheses]
         if self.prev_pose is not None and cfg.motion_damping > 0 and cfg.hypotheses > 1:
             starts.append(self.pose)
@@ -547,7 +560,7 @@ class Tracker:
         # Without the odometry's prediction the start is a whole frame's motion away: full solver.
         reg = self._register(frame, target, starts, prior=prior, init=motion is None)
         return self._complete(frame, target, reg, prior, motion, gray, t0, steady=True,
-                              blind=blind)
+                              blind=blind, coast=coast)
 
     def _register_followed(self, f: Frame, offset: Pose, steps: int) -> bool:
         """Register a skipped frame the odometry follows over a long gap (``offset``: its camera
@@ -595,7 +608,7 @@ class Tracker:
 
     def _complete(self, frame: Frame, target: DepthTarget, reg: RegResult, prior: PosePrior | None, motion,
                   gray: np.ndarray | None, t0: float, steady: bool, fold: bool = False,
-                  blind: bool = False) -> TrackResult:
+                  blind: bool = False, coast: Pose | None = None) -> TrackResult:
         """A frame's registration done: confidence, the search when LOST, the state machine, the
         estimate; ``gray`` (not None): the frame's image for the odometry's next reference.
         ``fold``: run in the background (pipelined): the estimate is left to :meth:`_settle`.
@@ -610,9 +623,11 @@ class Tracker:
         conf = self.confidence(reg)
         lost_now = (blind and cfg.blind_probe and self.state == TrackState.TRACKING and conf >= cfg.lost_below
                     and self._ambiguous(frame, target, reg))
-        if lost_now:  # LOST at once; the estimate coasts at the last trusted pose
+        if lost_now:  # LOST at once; the estimate coasts where the camera's last velocity takes it
             self.blind_lost += 1
             conf = 0.99 * cfg.lost_below
+            if coast is not None and not fold:
+                self.pose = coast
         lost = self.state in (TrackState.LOST, TrackState.RELOCALISING)
         # (the probes cost ~2 registrations: while coasting on an ambiguous result they run every
         # third frame; the frames between stay unconfirmed)

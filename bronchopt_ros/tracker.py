@@ -506,9 +506,10 @@ class Tracker:
                 # where the camera would be at its last velocity: the blind registration's start
                 coast = self.pose @ offset @ (last.motion if last is not None else Pose.identity()) @ step
             if motion is None and referenced:
-                # Blind: registered from the last estimate without the odometry's step. Out of the
-                # solver's reach when the camera, at its last velocity, moved beyond blind_probe_m
-                # / _rad since (unknown velocity: a gap longer than catch_up_gap_s).
+                # Blind: registered without the odometry's step (from ``coast`` when a velocity is
+                # known). Maybe out of the solver's reach when the camera, at its last velocity,
+                # moved beyond blind_probe_m / _rad since (unknown velocity: a gap longer than
+                # catch_up_gap_s).
                 blind = (frame.stamp - since > cfg.catch_up_gap_s if reach is None
                          else reach[0] > cfg.blind_probe_m or reach[1] > cfg.blind_probe_rad)
         # (After a long chain of followed frames the prediction has drifted - each unregistered
@@ -612,7 +613,9 @@ class Tracker:
         """A frame's registration done: confidence, the search when LOST, the state machine, the
         estimate; ``gray`` (not None): the frame's image for the odometry's next reference.
         ``fold``: run in the background (pipelined): the estimate is left to :meth:`_settle`.
-        ``blind``: registered without the odometry's prediction, which failed (``blind_probe``)."""
+        ``blind``: registered without the odometry's prediction, which failed, maybe out of the
+        solver's reach (``blind_probe``); ``coast``: where the camera's last velocity takes it (the
+        estimate when such a frame means LOST)."""
         cfg = self.config
         relocalised = False
         odo_inliers, innovation = 0, math.nan

@@ -227,9 +227,10 @@ class FrameOdometry:
     def expected_scale(self, dt: float) -> float:
         """How far the camera moves in ``dt`` s at its last velocity, as a share of the reference's
         median depth (0 when unknown): how much the wall's texture will grow or shift."""
-        if self._velocity is None or self._depth <= 0:
+        motion = self.expected_motion(dt)
+        if motion is None or self._depth <= 0:
             return 0.0
-        return float(np.linalg.norm(self._velocity[:3]) * dt / self._depth)
+        return motion[0] / self._depth
 
     def expected_motion(self, dt: float) -> tuple[float, float] | None:
         """How far (m) and how much (rad) the camera moves in ``dt`` s at its last velocity (None:

@@ -3,7 +3,6 @@ the bag player: poses on /bronchopt/pose and /tf for the frames, the offline tra
 the same poses as the offline path, YAML parameters, and the launch file."""
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 from bronchopt_ros.io import ros_convert as rc  # noqa: E402
 from bronchopt_ros.io.player import BagPlayer  # noqa: E402
 from bronchopt_ros.io.tum import read_tum  # noqa: E402
+from bronchopt_ros.nodes.spin import BackgroundSpin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FRAMES = 24
@@ -70,8 +70,7 @@ def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"
     ex = MultiThreadedExecutor(num_threads=3, context=ctx)
     for n in (server, nav, probe):
         ex.add_node(n)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
+    spin = BackgroundSpin.start(ex)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and nav.tracker is None:
@@ -87,7 +86,7 @@ def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"
             time.sleep(0.1)
         return nav, poses, tfs, status, player, paths
     finally:
-        ex.shutdown()
+        spin.stop()
         for n in (server, nav, probe):
             n.destroy_node()
 

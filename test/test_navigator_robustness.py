@@ -5,7 +5,6 @@ camera_info."""
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from bronchopt_ros.io import ros_convert as rc  # noqa: E402
 from bronchopt_ros.io.bag import read_case_bag  # noqa: E402
 from bronchopt_ros.io.image import numpy_to_image  # noqa: E402
+from bronchopt_ros.nodes.spin import BackgroundSpin  # noqa: E402
 
 # A small solver everywhere: when tracking and for (re)initialisation / the LOST search (the
 # latter had been left at the full 16/32/64 pyramid, whose wide search took ~1 s a frame and made
@@ -105,8 +105,7 @@ class Graph:
         self.ex.add_node(self.feeder.node)
         self.start_server(mesh)
         self.start_nav(nav_params)
-        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
-        self.thread.start()
+        self.spin = BackgroundSpin.start(self.ex)
 
     def start_server(self, mesh):
         from bronchopt_ros.nodes.airway_server import AirwayServer
@@ -130,7 +129,7 @@ class Graph:
         self.nav.destroy_node()
 
     def close(self):
-        self.ex.shutdown()
+        self.spin.stop()
         for n in (self.server, self.nav, self.feeder.node):
             try:
                 n.destroy_node()

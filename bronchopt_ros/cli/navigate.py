@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.parameter import Parameter
 
     from ..io.player import BagPlayer
+    from ..nodes.spin import BackgroundSpin
     from ._ros import config_dir, localhost_default, ros_args
 
     localhost_default()
@@ -200,8 +201,7 @@ def run(args: argparse.Namespace) -> int:
                            wait_for_subscribers=30.0)
     for n in extra_nodes:
         ex.add_node(n)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
+    spin = BackgroundSpin.start(ex, name="bronchopt-navigate-spin")
     rc_ = 0
 
     def exited() -> str | None:
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if player is not None:
             player.stop()
-        ex.shutdown()
+        spin.stop()
         for n in extra_nodes:
             n.destroy_node()
         for p in procs:

@@ -1,0 +1,38 @@
+"""Spin an rclpy executor on a background thread that can be stopped cleanly.
+
+``threading.Thread(target=executor.spin)`` followed by ``executor.shutdown()`` races: the spin
+thread may hand a callback to the executor's thread pool after shutdown has closed it, and dies
+with "cannot schedule new futures after shutdown". Here the spin loop is stopped and joined first,
+then the executor is shut down.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class BackgroundSpin:
+    """``executor.spin()`` on a daemon thread; :meth:`stop` ends the loop, joins the thread and
+    shuts the executor down (in that order)."""
+
+    def __init__(self, executor, name: str = "bronchopt-spin", period_s: float = 0.1):
+        self.executor = executor
+        self._stop = threading.Event()
+        self._period = period_s
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    @classmethod
+    def start(cls, executor, **kwargs) -> "BackgroundSpin":
+        spin = cls(executor, **kwargs)
+        spin.thread.start()
+        return spin
+
+    def _loop(self) -> None:
+        while not self._stop.is_set() and self.executor.context.ok():
+            self.executor.spin_once(timeout_sec=self._period)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout_s)
+        self.executor.shutdown()

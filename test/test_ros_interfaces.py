@@ -100,3 +100,36 @@ def test_service_round_trip(executor, ros_context):
     assert result.success and result.message == "ok"
     assert result.mesh == _mesh()
     assert len(calls) == 1
+
+
+def test_background_spin_stops_cleanly_under_a_busy_executor(ros_context):
+    """BackgroundSpin runs the callbacks and stops without the spin thread dying on a shut-down
+    thread pool (Thread(target=executor.spin) + executor.shutdown() raced there)."""
+    import threading
+    import time
+
+    from rclpy.executors import MultiThreadedExecutor
+
+    from bronchopt_ros.nodes.spin import BackgroundSpin
+
+    errors = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda a: errors.append(a.exc_value)
+    try:
+        for _ in range(5):
+            ex = MultiThreadedExecutor(num_threads=3, context=ros_context)
+            node = Node("spin_probe", context=ros_context)
+            ticks = []
+            node.create_timer(0.001, lambda: ticks.append(1))
+            ex.add_node(node)
+            spin = BackgroundSpin.start(ex)
+            deadline = time.monotonic() + 10.0
+            while len(ticks) < 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            spin.stop()
+            assert not spin.thread.is_alive()
+            assert len(ticks) >= 20
+            node.destroy_node()
+    finally:
+        threading.excepthook = old_hook
+    assert errors == []

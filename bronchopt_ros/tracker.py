@@ -94,6 +94,10 @@ class TrackerConfig:
     prior_sigma_roll: float = 0.0  # rad: sigma of the roll about the optical axis (0 = prior_sigma_rad)
     max_speed: float = 0.05  # m/s: how fast the tip can plausibly move; while LOST, candidates farther than
     # search_radius + max_speed x (time since the last trusted frame) from the last trusted pose are refused
+    max_turn_rate: float = 1.5  # rad/s: how fast the tip can plausibly turn (roll included); while LOST, a found
+    # pose turned more than search_turn + max_turn_rate x (time since the last trusted frame) from the last
+    # trusted pose is refused (a look-alike view rolled ~90 deg down a round bronchus; 0: no bound)
+    search_turn: float = 0.8  # rad: the turn allowed right after the loss (the estimate's drift before it)
     hypotheses: int = 1  # 1: warm start only; >1: also rotated copies of it (wider basin, slower)
     # (Re)initialisation from /initialpose and the frame-wise protocol trust the given pose: with
     # the encoder's depth a wider search picked look-alike views (validation procedures: 13.7/6.4 mm
@@ -344,6 +348,7 @@ class Tracker:
         self.relocalisations = 0
         self.ambiguous_recoveries = 0  # returns to TRACKING refused: another pose explained the frame as well
         self.blind_lost = 0  # ambiguous blind registrations (the odometry failed) that meant LOST (blind_probe)
+        self.turn_refused = 0  # relocalisation results refused as turned too far since the last trusted frame
         self._probe_wait = 0  # frames until the next ambiguity probe while coasting on an ambiguous result
         self._search_cursor = 0  # where the wide search goes on at the next LOST frame
         self.odometry = FrameOdometry(self.odometry_config)
@@ -659,6 +664,10 @@ class Tracker:
                 rconf = self.confidence(rr)
                 if reach is not None and np.linalg.norm(rr.pose.t - self.pose.t) > reach:
                     rconf = 0.0
+                turn = self.turn_reach(frame.stamp)
+                if turn is not None and rr.pose.rotation_error(self.pose) > turn:
+                    rconf = 0.0
+                    self.turn_refused += 1
                 if rconf > conf:
                     if rconf >= cfg.recover_above and self._ambiguous(frame, target, rr):
                         # Not trusted yet: the estimate coasts there, the search goes on.
@@ -762,6 +771,14 @@ class Tracker:
         if cfg.max_speed <= 0 or self._trusted_stamp is None:
             return None
         return cfg.search_radius + cfg.max_speed * max(0.0, stamp - self._trusted_stamp)
+
+    def turn_reach(self, stamp: float) -> float | None:
+        """How far (rad) from the last trusted pose's orientation the tip can plausibly have turned
+        by ``stamp`` (None: no bound)."""
+        cfg = self.config
+        if cfg.max_turn_rate <= 0 or self._trusted_stamp is None:
+            return None
+        return cfg.search_turn + cfg.max_turn_rate * max(0.0, stamp - self._trusted_stamp)
 
     def register_once(self, frame: Frame, start: Pose) -> tuple[RegResult, float]:
         """Register one frame independently from ``start`` (the frame-wise protocol): the same

@@ -262,6 +262,45 @@ def test_relocalisation_is_bounded_by_a_plausible_tip_speed(renderer):
     assert tracker.relocalisations >= 1
 
 
+def test_relocalisation_is_bounded_by_a_plausible_tip_turn(renderer):
+    """Lost in the trachea, a search result turned ~100 deg from the last trusted pose (the same
+    place, looking at the side wall) is refused within 0.3 s of the last trusted frame (the tip
+    cannot turn that fast: search_turn 0.8 rad + max_turn_rate 1.5 rad/s) and accepted after
+    1.5 s (the frames show it). Down a round bronchus such a turn is what a look-alike view rolled
+    ~90 deg is."""
+    trachea = _trachea_path(3)
+    eye = trachea[2].t
+    turned = Pose.look_at(eye, eye + np.array([7.0, 0.0, 1.2]) * MM, up=(0.0, 0.0, 1.0))
+    assert renderer.inside(CAM.scaled(32), turned)
+    assert np.degrees(turned.rotation_error(trachea[2])) > 90
+    stamps = [0.0, 1 / 30, 2 / 30] + [0.1 + 0.02 * k for k in range(10)] + [1.6, 1.65, 1.7]
+    truth = {s: (trachea[i] if i < 3 else turned) for i, s in enumerate(stamps)}
+
+    def relocaliser(frame, target):
+        return [turned]
+
+    def run(cfg):
+        tracker = Tracker(renderer, ExactDepth(renderer, truth), cfg, relocaliser=relocaliser,
+                          centerline=_y_centerline())
+        tracker.initialise(trachea[0])
+        rgb = np.zeros((200, 200, 3), np.uint8)
+        return tracker, {s: tracker.process(Frame(rgb, CAM, s)) for s in stamps}
+
+    cfg = TrackerConfig(lost_after=2, max_speed=0.0, si_scale=0.05, reloc_ambiguity=0.0,
+                        max_turn_rate=1.5, search_turn=0.8)
+    tracker, res = run(cfg)
+    assert tracker.turn_reach(1.7 + 0.2) == pytest.approx(0.8 + 1.5 * 0.2)  # (trusted again at 1.7 s)
+    early = [r for s, r in res.items() if 0.1 <= s < 0.3]
+    assert all(r.pose.rotation_error(turned) > 0.5 for r in early)
+    assert all(r.state != TrackState.TRACKING for r in early[1:])
+    assert tracker.turn_refused >= 1
+    assert res[1.7].state == TrackState.TRACKING and res[1.7].pose.translation_error(turned) < 0.5 * MM
+    # Without the bound the turned view is taken at once.
+    _, res = run(replace(cfg, max_turn_rate=0.0))
+    assert any(r.state == TrackState.TRACKING and r.pose.rotation_error(turned) < 0.05
+               for s, r in res.items() if 0.1 <= s < 0.3)
+
+
 def test_lost_search_is_spread_over_frames(renderer):
     """While LOST each frame tries at most ``search_budget`` starts, the next ones in turn, so the
     wide search is covered over a few frames instead of costing a second on one."""

@@ -73,6 +73,11 @@ TRACKER_DOCS = {
     "max_speed": ("How fast (m/s) the tip can plausibly move: while LOST, relocalisation candidates farther than "
                   "search_radius + max_speed x time since the last trusted frame are refused (0: no bound).",
                   (0.0, 10.0)),
+    "max_turn_rate": ("How fast (rad/s) the tip can plausibly turn, roll included: while LOST, a found pose turned "
+                      "more than search_turn + max_turn_rate x time since the last trusted frame from the last "
+                      "trusted pose is refused (counted: turn_refused in /diagnostics; 0: no bound).", (0.0, 100.0)),
+    "search_turn": ("The turn (rad) a found pose may have right after the loss (the estimate's drift before it).",
+                    (0.0, 3.2)),
     "hypotheses": ("Start hypotheses per frame when tracking (1 = warm start only).", (1, 32)),
     "init_hypotheses": ("Rotated start hypotheses when (re)initialising from /initialpose.", (1, 32)),
     "init_search_radius": ("Centerline starts within this distance (m) of a (re)initialisation pose (0: none; "
@@ -582,6 +587,7 @@ class Navigator(Node):
                     latency_ms_p50=f"{np.percentile(lp, 50):.1f}", latency_ms_p95=f"{np.percentile(lp, 95):.1f}",
                     ambiguous_recoveries=str(getattr(self.tracker, "ambiguous_recoveries", 0)),
                     blind_lost=str(getattr(self.tracker, "blind_lost", 0)),
+                    turn_refused=str(getattr(self.tracker, "turn_refused", 0)),
                     **{k: str(v) for k, v in self.counters.items()})
         d.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray()

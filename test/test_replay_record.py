@@ -65,6 +65,27 @@ def test_replay_rate_clock_compressed_and_latched_initialpose(executor, ros_cont
     assert player.stats.published >= 3 * N + 1 and not player.stats.error
 
 
+def test_replay_waits_until_the_receiver_is_ready(executor, ros_context, case):
+    """``ready`` holds the bag back (e.g. until the navigator has discovered the player: frames
+    sent before would be lost and the latched /initialpose would start it on a later frame)."""
+    from bronchopt_ros.io.player import BagPlayer
+
+    node = Node("player", context=ros_context)
+    probe = Node("probe", context=ros_context)
+    got = []
+    probe.create_subscription(Image, "/bronchoscope/image_raw", got.append, 50)
+    for n in (node, probe):
+        executor.add_node(n)
+    gate = {"open": False}
+    player = BagPlayer(node, case / "procedure", wait_for_subscribers=20.0, ready=lambda: gate["open"]).start()
+    # (the probe's subscription matches within this; without the gate the bag would have played)
+    assert not spin_until(executor, lambda: len(got) > 0, 2.0)
+    gate["open"] = True
+    assert spin_until(executor, lambda: len(got) >= N, 20.0), len(got)
+    player.stop()
+    assert not player.stats.error
+
+
 def test_record_writes_a_bag_rosbags_reads(executor, ros_context, tmp_path):
     from rosbags.rosbag2 import Reader
 

@@ -77,9 +77,10 @@ class ResultCollector:
         self.poses: dict[int, object] = {}
         self.status = None
         self.index_state = ""
+        self.image_publishers = 0  # image publishers the navigator sees (its /diagnostics): the player waits for one
         self.progress: list[tuple[float, int]] = []  # (time, frames processed) when the count grew
         self.latency_ms: list[float] = []  # receive-to-pose latency of each processed frame
-        self.states: list[int] = []
+        self.frame_states: list[tuple[float, int, float]] = []  # (image stamp s, state, confidence) per processed frame
         self.lock = threading.Lock()
         node.create_subscription(PoseStamped, "/bronchopt/pose", self._on_pose, 100)
         node.create_subscription(TrackingStatus, "/bronchopt/status", self._on_status, 100)
@@ -95,15 +96,18 @@ class ResultCollector:
             for kv in st.values:
                 if kv.key == "relocalisation_index":
                     self.index_state = kv.value
+                elif kv.key == "image_publishers" and kv.value.isdigit():
+                    self.image_publishers = int(kv.value)
 
     def _on_status(self, msg) -> None:
         with self.lock:
             self.status = msg
-            self.states.append(msg.state)
             # (from the first processed frame: the idle status before the bag plays says 0)
             if msg.frames_processed > 0 and (not self.progress or msg.frames_processed > self.progress[-1][1]):
                 self.progress.append((time.monotonic(), int(msg.frames_processed)))
                 self.latency_ms.append(float(msg.processing_latency_ms))
+                self.frame_states.append((msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec, int(msg.state),
+                                          float(msg.confidence)))
 
     def processed_fps(self) -> float:
         """Frames processed per second between the first and the last processed frame."""
@@ -138,6 +142,8 @@ def _score(case: Path, collector: ResultCollector) -> dict:
         lat = np.asarray(collector.latency_ms)
         out["latency_ms_p50"], out["latency_ms_p95"] = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
         out["latency_ms"] = [round(x, 1) for x in lat.tolist()]  # each processed frame's, in order
+        # ... and its image stamp (s), state (TrackingStatus constant) and confidence: where a run went wrong
+        out["frame_states"] = [[round(t, 4), st, round(c, 3)] for t, st, c in collector.frame_states]
     return out
 
 
@@ -197,8 +203,10 @@ def run(args: argparse.Namespace) -> int:
     collector = ResultCollector(host)
     player = None
     if bag:
+        # (the navigator must have discovered the player too: frames sent before its reader accepts
+        # them are lost, and the latched /initialpose would then start it on a later frame)
         player = BagPlayer(host, bag, rate=args.rate, loop=args.loop, clock=False, start_delay=0.5,
-                           wait_for_subscribers=30.0)
+                           wait_for_subscribers=30.0, ready=lambda: collector.image_publishers > 0)
     for n in extra_nodes:
         ex.add_node(n)
     spin = BackgroundSpin.start(ex, name="bronchopt-navigate-spin")
@@ -227,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
                     time.sleep(0.2)
             dead = exited()
             if dead is None:
+                host.get_logger().info(f"playing {bag} at {args.rate}x")
                 player.start()
             while dead is None and not player.done.wait(0.5):
                 dead = exited()  # (the bag would play to nobody)
@@ -286,6 +295,10 @@ def _print_scores(s: dict) -> None:
     if "frames_processed" in s:
         print(f"frames processed     {s['frames_processed']} (dropped {s['frames_dropped']}, "
               f"rejected {s['frames_rejected']}), {s['processed_fps']:.1f} processed frames/s")
+        lost = s["frames_in_bag"] - s["frames_processed"] - s["frames_dropped"] - s["frames_rejected"]
+        if lost > 0:
+            print(f"note                 {lost} frames never reached the navigator (lost in transport: the image "
+                  f"topic is best effort)")
     if "latency_ms_p50" in s:
         print(f"latency (receive->pose) p50 {s['latency_ms_p50']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms")
     print(f"backends             renderer {s.get('renderer', '?')}, encoder {s.get('encoder', '?')}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +39,18 @@ class BagPlayer:
     """Publishes a bag's messages from ``node``. ``play()`` blocks; ``start()`` runs it in a thread."""
 
     def __init__(self, node, bag: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = False,
-                 topics: list[str] | None = None, start_delay: float = 0.0, wait_for_subscribers: float = 0.0):
+                 topics: list[str] | None = None, start_delay: float = 0.0, wait_for_subscribers: float = 0.0,
+                 ready: Callable[[], bool] | None = None):
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.node, self.bag, self.rate, self.loop, self.clock = node, Path(bag), rate, loop, clock
         self.topics = set(topics) if topics else None
         self.start_delay = start_delay
         self.wait_for_subscribers = wait_for_subscribers
+        # Also waited for (within wait_for_subscribers) once the publishers exist: e.g. that the
+        # receiving node has discovered them too (a publisher can see its subscriber before that
+        # subscriber accepts its messages; best-effort frames sent in between are lost).
+        self.ready = ready
         self.stats = PlayStats()
         self._pubs: dict = {}
         self._stop = threading.Event()
@@ -104,7 +110,8 @@ class BagPlayer:
         deadline = time.monotonic() + self.wait_for_subscribers
         while time.monotonic() < deadline and not self._stop.is_set():
             pubs = [p for p in self._pubs.values() if p is not None]
-            if pubs and all(p.get_subscription_count() > 0 for p in pubs if p.topic_name != "/bronchoscope/pose_gt"):
+            if (pubs and all(p.get_subscription_count() > 0 for p in pubs if p.topic_name != "/bronchoscope/pose_gt")
+                    and (self.ready is None or self.ready())):
                 return
             time.sleep(0.05)
 

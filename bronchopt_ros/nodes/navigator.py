@@ -231,6 +231,7 @@ class Navigator(Node):
         self._mesh_msg = None
         self._mesh_key = None
         self._init_pose: Pose | None = None
+        self._images_seen = False
         self._stop = False
         self.tracker = None
         self.encoder = None
@@ -259,9 +260,11 @@ class Navigator(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.tf = TfPublisher(self)
         if self.use_compressed:
+            self._image_sub_topic = self.image_topic + "/compressed"
             self.create_subscription(CompressedImage, self.image_topic + "/compressed", self._on_image,
                                      qos_profile_sensor_data)
         else:
+            self._image_sub_topic = self.image_topic
             self.create_subscription(Image, self.image_topic, self._on_image, qos_profile_sensor_data)
         self.create_subscription(CameraInfo, self.camera_info_topic, self._on_camera_info, qos_profile_sensor_data)
         init_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -280,6 +283,9 @@ class Navigator(Node):
             self.get_logger().warning(text)
 
     def _on_image(self, msg) -> None:
+        if not self._images_seen:
+            self._images_seen = True
+            self.get_logger().info(f"first image received (stamp {rc.stamp_to_sec(msg.header.stamp):.3f} s)")
         with self._lock:
             if self._frame_msg is not None:
                 self.counters["dropped"] += 1
@@ -319,7 +325,8 @@ class Navigator(Node):
         with self._lock:
             self._init_pose = (pose, cov)  # the covariance sets how firmly the registration keeps it
             self._lock.notify()
-        self.get_logger().info(f"initial pose received at {np.round(pose.t * 1000, 1)} mm")
+        self.get_logger().info(f"initial pose received at {np.round(pose.t * 1000, 1)} mm "
+                               f"(stamp {rc.stamp_to_sec(msg.header.stamp):.3f} s)")
 
     def _on_mesh(self, msg: AirwayMesh) -> None:
         key = (len(msg.vertices), len(msg.triangles), msg.source,
@@ -588,6 +595,7 @@ class Navigator(Node):
                     ambiguous_recoveries=str(getattr(self.tracker, "ambiguous_recoveries", 0)),
                     blind_lost=str(getattr(self.tracker, "blind_lost", 0)),
                     turn_refused=str(getattr(self.tracker, "turn_refused", 0)),
+                    image_publishers=str(self.count_publishers(self._image_sub_topic)),
                     **{k: str(v) for k, v in self.counters.items()})
         d.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray()

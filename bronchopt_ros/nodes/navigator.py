@@ -45,6 +45,7 @@ from .params import declare, declare_dataclass
 from .tf import TfPublisher
 
 CAMERA_INFO_GRACE_S = 0.2  # how long an image waits for the first camera_info before it is dropped
+STALE_INITIALPOSE_S = 0.5  # a first frame this much newer than its /initialpose's stamp: warned and counted
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 TRACKER_DOCS = {
@@ -236,7 +237,8 @@ class Navigator(Node):
         self.tracker = None
         self.encoder = None
         self.counters = dict(processed=0, dropped=0, rejected=0, bad_initialpose=0, stamp_resets=0,
-                             waited_for_newer=0)
+                             waited_for_newer=0, stale_initialpose=0)
+        self._init_stamp: float | None = None  # the stamp of the /initialpose the next frame starts from
         self.lat_proc = deque(maxlen=300)
         self.lat_img = deque(maxlen=300)
         self.proc_times = deque(maxlen=300)
@@ -324,6 +326,8 @@ class Navigator(Node):
         cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
         with self._lock:
             self._init_pose = (pose, cov)  # the covariance sets how firmly the registration keeps it
+            stamp = rc.stamp_to_sec(msg.header.stamp)
+            self._init_stamp = stamp if stamp > 0 else None  # (RViz may send a zero stamp)
             self._lock.notify()
         self.get_logger().info(f"initial pose received at {np.round(pose.t * 1000, 1)} mm "
                                f"(stamp {rc.stamp_to_sec(msg.header.stamp):.3f} s)")
@@ -516,6 +520,15 @@ class Navigator(Node):
                 pass  # a broken one among them is simply not followed
         res = self.tracker.process(frame, skipped)
         self.counters["processed"] += 1
+        with self._lock:
+            init_stamp, self._init_stamp = self._init_stamp, None
+        if init_stamp is not None and stamp - init_stamp > STALE_INITIALPOSE_S:
+            # The pose is where the scope was then: it may have moved since (frames lost before
+            # this one, or a pose sent late); the registration starts there all the same.
+            self.counters["stale_initialpose"] += 1
+            self.get_logger().warning(
+                f"the first frame after /initialpose is {stamp - init_stamp:.2f} s newer than the pose's stamp: "
+                "the scope may have moved since; re-send /initialpose if the pose looks wrong")
         self.state = res.state
         self.message = ""
         trusted = res.state == TrackState.TRACKING or self.publish_when_lost

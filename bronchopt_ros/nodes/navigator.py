@@ -324,13 +324,12 @@ class Navigator(Node):
             self._throttled("initpose", f"ignoring /initialpose: {exc}")
             return
         cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
+        stamp = rc.stamp_to_sec(msg.header.stamp)
         with self._lock:
             self._init_pose = (pose, cov)  # the covariance sets how firmly the registration keeps it
-            stamp = rc.stamp_to_sec(msg.header.stamp)
             self._init_stamp = stamp if stamp > 0 else None  # (RViz may send a zero stamp)
             self._lock.notify()
-        self.get_logger().info(f"initial pose received at {np.round(pose.t * 1000, 1)} mm "
-                               f"(stamp {rc.stamp_to_sec(msg.header.stamp):.3f} s)")
+        self.get_logger().info(f"initial pose received at {np.round(pose.t * 1000, 1)} mm (stamp {stamp:.3f} s)")
 
     def _on_mesh(self, msg: AirwayMesh) -> None:
         key = (len(msg.vertices), len(msg.triangles), msg.source,

@@ -7,8 +7,8 @@ import torch
 
 from bronchopt_ros.encoder import EncoderConfig, ModelConfig, RGBEncoding, load_encoder, save_checkpoint
 from bronchopt_ros.encoder.data import PairConfig, PairGenerator, ToyWorld, collate
-from bronchopt_ros.encoder.losses import (dense_infonce, embedding_infonce, gradient_matching, pose_ranking,
-                                          si_log)
+from bronchopt_ros.encoder.losses import (dense_infonce, depth_ranking, embedding_infonce, gradient_matching,
+                                          pose_ranking, si_log)
 from bronchopt_ros.encoder.model import EncoderNet, depth_input, masked_resize, similarity
 from bronchopt_ros.encoder.runtime import shipped_weights
 
@@ -98,6 +98,27 @@ def test_contrastive_losses_prefer_aligned_features():
     assert embedding_infonce(e, e) < embedding_infonce(e, F_normalize(torch.randn(4, 16)))
 
 
+def test_depth_ranking_prefers_the_pose_whose_depth_the_prediction_matches():
+    """The depth-ranking loss (the tracker's SI objective as a contest between poses): a prediction
+    equal to the true pose's log-depth up to scale wins every contest; one equal to a perturbed
+    pose's loses that one; a perturbed depth with too few common pixels does not count."""
+    torch.manual_seed(0)
+    true = torch.randn(2, 1, 16, 16)
+    pert = true.unsqueeze(1) + 0.3 * torch.randn(2, 3, 1, 16, 16)
+    m = torch.ones(2, 1, 16, 16, dtype=torch.bool)
+    mk = torch.ones(2, 3, 1, 16, 16, dtype=torch.bool)
+    loss, acc = depth_ranking(true + 0.7, true, m, pert, mk)  # an offset is a scale: SI ignores it
+    assert acc == 1.0 and loss < 1e-3
+    loss_bad, acc_bad = depth_ranking(pert[:, 1], true, m, pert, mk)
+    assert acc_bad == 0.0 and loss_bad > loss
+    mk[:, 1] = False  # nothing in common with perturbed pose 1: that contest is left out
+    _, acc_skip = depth_ranking(pert[:, 1] * 0 + true + 0.01 * torch.randn_like(true), true, m, pert, mk)
+    assert acc_skip == 1.0
+    pred = true.clone().requires_grad_(True)
+    depth_ranking(pred + 0.1 * torch.randn_like(true), true, m, pert, mk)[0].backward()
+    assert torch.isfinite(pred.grad).all()
+
+
 # ------------------------------------------------------------------------------------ data
 def test_toy_pairs_are_consistent(toy_samples):
     s = toy_samples[0]
@@ -168,8 +189,9 @@ needs_weights = pytest.mark.skipif(not shipped_weights().exists(), reason="shipp
 
 @needs_weights
 def test_shipped_weights_rank_true_pose_first():
-    """The shipped encoder on a few validation frames: the true pose's similarity beats 2 mm and
-    0.1 rad perturbations (the full evidence is test_encoder_evidence.py, marked slow)."""
+    """The shipped encoder on a few validation frames: the true pose's similarity (the features', and
+    the predicted depth's SI fit) beats 2 mm and 0.1 rad perturbations (the full evidence is
+    test_encoder_evidence.py, marked slow)."""
     from bronchopt_ros.encoder.evaluate import ranking
     from bronchopt_ros.encoder.sim_world import validation_worlds
 
@@ -180,3 +202,4 @@ def test_shipped_weights_rank_true_pose_first():
     frames = eval_frames(validation_worlds(1), 6, enc.input_size, "train", seed=1)
     res = ranking(enc, frames, perturbations=(("t", 0.002), ("r", 0.1)), n_dirs=2, seed=1)
     assert res["rank_2mm"] >= 0.75 and res["rank_0.1rad"] >= 0.75, res
+    assert res["depth_rank_2mm"] >= 0.75 and res["depth_rank_0.1rad"] >= 0.75, res  # the tracker's objective

@@ -84,6 +84,26 @@ def test_augmentation_changes_appearance_not_geometry():
     assert any(np.abs(o.astype(int) - img).mean() > 5 for o in outs)
 
 
+def test_illumination_field_makes_one_side_brighter():
+    """The uneven-illumination augmentation alone: a flat grey frame gets a brightness ramp of
+    random direction (never more than exp(2 * ramp) from edge to edge), nothing else."""
+    from bronchopt_ros.encoder.augment import AugmentConfig
+
+    only = AugmentConfig(p_colour=0, p_gamma=0, p_specular=0, p_vignette=0, p_blur=0, p_noise=0, p_jpeg=0,
+                         p_gray=0, p_illumination=1.0)
+    img = np.full((64, 64, 3), 100, np.uint8)
+    rng = np.random.default_rng(3)
+    spreads = []
+    for _ in range(20):
+        out = augment_rgb(img, rng, only).astype(float).mean(-1)
+        lr = abs(np.log(out[:, :8].mean() / out[:, -8:].mean()))
+        tb = abs(np.log(out[:8].mean() / out[-8:].mean()))
+        spreads.append(max(lr, tb))
+        assert out.max() / out.min() < np.exp(2 * only.illumination_ramp + 0.6 + 0.1)
+    assert np.median(spreads) > 0.1  # a visible ramp most of the time
+    assert min(spreads) < 0.5 * max(spreads)  # of random size
+
+
 def test_sim_world_refuses_test_anatomies(tmp_path):
     from bronchopt_ros.encoder.sim_world import load_anatomy
 

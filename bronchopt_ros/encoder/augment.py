@@ -2,8 +2,14 @@
 
 On top of the simulator's own appearance randomisation, every training frame goes through a
 random subset of: colour jitter (per-channel gain, saturation), exposure, gamma, contrast, white
-specular blobs, vignetting, blur, sensor noise (Gaussian + shot) and JPEG-like quantisation.
-None of them moves a pixel: the depth target stays aligned.
+specular blobs, vignetting, an uneven illumination field, blur, sensor noise (Gaussian + shot) and
+JPEG-like quantisation. None of them moves a pixel: the depth target stays aligned.
+
+The illumination field (a smooth brightness ramp of random direction times an off-centre radial
+falloff) stands for what the simulator's light does not vary enough: light guides off the lens
+axis, uneven LED output. Without it the encoder reads a global left-right brightness difference
+as a tilted wall (the depth of the test appearance, whose light sits 0.8-1.5 mm off the lens, is
+turned by ~5 deg); the ramp's range is generic, not fitted to that domain.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ class AugmentConfig:
     p_gamma: float = 0.7
     p_specular: float = 0.5
     p_vignette: float = 0.5
+    p_illumination: float = 0.5
+    illumination_ramp: float = 0.6  # max log-brightness change from the centre to an edge
     p_blur: float = 0.4
     p_noise: float = 0.7
     p_jpeg: float = 0.2
@@ -49,6 +57,20 @@ def _specular(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.
         blob = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2)) * rng.uniform(0.5, 1.0)
         out = out + blob[..., None] * (1.0 - out)
     return out
+
+
+def _illumination(img: np.ndarray, rng: np.random.Generator, ramp: float) -> np.ndarray:
+    """Multiply by exp(a . (x, y) - b r'^2): a ramp of random direction and size (log-brightness up
+    to ``ramp`` from the centre to an edge) and a weak radial falloff about a random centre."""
+    H, W = img.shape[:2]
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    x, y = (xx - (W - 1) / 2) / (W / 2), (yy - (H - 1) / 2) / (H / 2)
+    ang = rng.uniform(0, 2 * np.pi)
+    a = rng.uniform(0.0, ramp)
+    cx, cy = rng.uniform(-0.5, 0.5, 2)
+    b = rng.uniform(0.0, 0.3)
+    field = np.exp(a * (np.cos(ang) * x + np.sin(ang) * y) - b * ((x - cx) ** 2 + (y - cy) ** 2))
+    return img * field[..., None].astype(np.float32)
 
 
 def augment_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | None = None) -> np.ndarray:
@@ -78,6 +100,8 @@ def augment_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | 
         yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
         r2 = ((xx - W / 2 + rng.normal(0, 0.05 * W)) ** 2 + (yy - H / 2 + rng.normal(0, 0.05 * H)) ** 2) / (0.5 * max(H, W)) ** 2
         img = img * (1.0 - rng.uniform(0.1, 0.6) * s * np.clip(r2, 0, 2.0) / 2.0)[..., None]
+    if rng.random() < cfg.p_illumination:
+        img = np.clip(_illumination(img, rng, cfg.illumination_ramp * s), 0.0, 1.0)
     if rng.random() < cfg.p_blur:
         sigma = rng.uniform(0.3, 1.5) * s * H / 128.0
         img = cv2.GaussianBlur(img, (0, 0), sigma)

@@ -1,7 +1,9 @@
 """Evidence that the encoder works, through its public API (:class:`~.runtime.Encoder`).
 
 * :func:`ranking` — share of frames whose similarity at the true pose beats the similarity at
-  poses perturbed by 1, 2, 5 mm and 0.05, 0.1, 0.3 rad (random directions);
+  poses perturbed by 1, 2, 5 mm and 0.05, 0.1, 0.3 rad (random directions); the dense features'
+  similarity (the paper's) and, as ``depth_rank_*``, the default tracker's: the predicted
+  log-depth's scale-invariant error against each CT depth (lower wins);
 * :func:`line_search` — along random translation (and rotation) directions, where the
   similarity peaks (grid search refined by a parabola); its distance from the truth;
 * :func:`depth_error` — scale-invariant log error of the depth head (Eigen 2014).
@@ -64,8 +66,11 @@ def ranking(encoder, frames: list[EvalFrame], perturbations=EVAL_PERTURBATIONS, 
     rng = np.random.default_rng(seed)
     wins = {(_name(k, m)): [] for k, m in perturbations}
     owins = {n: [] for n in wins}
+    dwins = {n: [] for n in wins}
     for fr in frames:
-        f_rgb = encoder.encode_rgb(fr.rgb).features
+        enc = encoder.encode_rgb(fr.rgb)
+        f_rgb = enc.features
+        ld = enc.log_depth.cpu().numpy().reshape(fr.depth.shape)
         depths = [fr.ct_depth(fr.pose)]
         names = []
         for k, m in perturbations:
@@ -76,14 +81,27 @@ def ranking(encoder, frames: list[EvalFrame], perturbations=EVAL_PERTURBATIONS, 
         s = encoder.similarity(f_rgb.expand_as(fd), fd)
         for n, sk in zip(names, s[1:]):
             wins[n].append(bool(s[0] > sk))
+        for n, dk in zip(names, depths[1:]):
+            dwins[n].append(bool(_pred_si(ld, depths[0], dk) < _pred_si(ld, dk, depths[0])))
         if oracle:
             e = [_si_error(fr.depth, d) for d in depths]
             for n, ek in zip(names, e[1:]):
                 owins[n].append(bool(e[0] < ek))
     out = {f"rank_{n}": float(np.mean(v)) for n, v in wins.items()}
+    out.update({f"depth_rank_{n}": float(np.mean(v)) for n, v in dwins.items()})
     if oracle:
         out.update({f"oracle_rank_{n}": float(np.mean(v)) for n, v in owins.items()})
     return out
+
+
+def _pred_si(log_pred: np.ndarray, target: np.ndarray, other: np.ndarray) -> float:
+    """Scale-invariant error of a predicted log-depth against ``target``, on the pixels where both
+    ``target`` and ``other`` see the wall (so two poses are compared on the same pixels)."""
+    m = (target > 0) & (other > 0)
+    if not m.any():
+        return float("inf")
+    r = log_pred[m] - np.log(target[m])
+    return float(np.sqrt(max(np.mean(r ** 2) - np.mean(r) ** 2, 0.0)))
 
 
 def _si_error(seen: np.ndarray, ct: np.ndarray) -> float:

@@ -13,6 +13,9 @@ Alignment of the two modalities:
   perturbed poses;
 * :func:`pose_ranking` — the image-level similarity at the true pose must beat that at the
   perturbed poses (softmax over poses), which is what the tracker's optimiser relies on;
+* :func:`depth_ranking` — the same for the default tracker's objective: the predicted log-depth's
+  scale-invariant error against the CT depth at the true pose must be below its error against
+  the depths at the perturbed poses (softmax over poses of -SI / tau);
 * :func:`embedding_infonce` — global embeddings: the RGB frame's must be nearest to the depth
   map of the same place among other places (batch + a queue of past depth embeddings).
 """
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from .model import similarity
 
 __all__ = ["si_log", "gradient_matching", "laplace_nll", "hit_bce", "normal_loss", "dense_infonce",
-           "pose_ranking", "embedding_infonce"]
+           "pose_ranking", "depth_ranking", "embedding_infonce"]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -135,6 +138,29 @@ def pose_ranking(f_rgb: torch.Tensor, f_true: torch.Tensor, m_true: torch.Tensor
     logits = torch.cat([s0[:, None], sk], dim=1) / tau
     loss = F.cross_entropy(logits, torch.zeros(len(s0), dtype=torch.long, device=s0.device))
     acc = (s0[:, None] > sk).float().mean()
+    return loss, acc
+
+
+def depth_ranking(pred: torch.Tensor, ld_true: torch.Tensor, m_true: torch.Tensor, ld_pert: torch.Tensor,
+                  m_pert: torch.Tensor, tau: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over poses of -SI(pred, CT depth at the pose) / tau, the true pose being class 0.
+
+    ``pred``, ``ld_true`` (B, 1, H, W) log-depths, ``m_true`` (B, 1, H, W) bool; ``ld_pert``
+    (B, K, 1, H, W), ``m_pert`` (B, K, 1, H, W). Each pair (true, perturbed k) is compared on the
+    pixels both depths hit, so a pose is not favoured for seeing less. Returns (loss, accuracy of
+    the true pose beating every perturbed one).
+    """
+    B, K = ld_pert.shape[:2]
+    common = m_true.unsqueeze(1) & m_pert  # (B, K, 1, H, W)
+    p = pred.unsqueeze(1).expand(B, K, *pred.shape[1:]).flatten(0, 1)
+    c = common.flatten(0, 1)
+    s0 = si_log(p, ld_true.unsqueeze(1).expand_as(ld_pert).flatten(0, 1), c, per_image=True).view(B, K)
+    sk = si_log(p, ld_pert.flatten(0, 1), c, per_image=True).view(B, K)
+    ok = c.flatten(1).sum(1).view(B, K) >= 16
+    logits = torch.stack([-s0, -sk], dim=-1) / tau  # (B, K, 2): one binary contest per perturbed pose
+    loss = F.cross_entropy(logits[ok], torch.zeros(int(ok.sum()), dtype=torch.long, device=pred.device)) \
+        if bool(ok.any()) else pred.sum() * 0.0
+    acc = ((s0 < sk) | ~ok).all(1).float().mean()
     return loss, acc
 
 

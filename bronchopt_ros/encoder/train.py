@@ -6,6 +6,7 @@ augmentation) with the CT depth at the true pose and at ``n_perturb`` perturbed 
 
     w_si * SI-log + w_grad * gradient matching + w_nll * Laplace NLL + w_hit * hit BCE
     [+ w_normal * normals] + w_dense * dense InfoNCE + w_rank * pose ranking + w_embed * embedding InfoNCE
+    + w_drank * depth ranking
 
 (:mod:`.losses`). Every ``val_every`` steps it validates on held-out anatomies (fixed frames,
 cached in the run folder): SI-log error of the depth head on the train and the test appearance
@@ -34,8 +35,8 @@ import torch
 
 from .config import ModelConfig
 from .data import EVAL_PERTURBATIONS, PairConfig, PairDataset, PairGenerator, collate, fixed_perturbation
-from .losses import (dense_infonce, embedding_infonce, gradient_matching, hit_bce, laplace_nll, normal_loss,
-                     pose_ranking, si_log)
+from .losses import (dense_infonce, depth_ranking, embedding_infonce, gradient_matching, hit_bce, laplace_nll,
+                     normal_loss, pose_ranking, si_log)
 from .model import EncoderNet, rgb_outputs, similarity
 from .runtime import save_checkpoint
 
@@ -102,9 +103,11 @@ class TrainConfig:
     w_dense: float = 1.0
     w_rank: float = 1.0
     w_embed: float = 0.2
+    w_drank: float = 0.05  # depth ranking (the default tracker's objective); 0 in runs before session 16
     tau_dense: float = 0.1
     tau_rank: float = 0.02
     tau_embed: float = 0.1
+    tau_drank: float = 0.01
     n_pixels: int = 128
     queue_size: int = 512
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -252,13 +255,20 @@ def compute_losses(net: EncoderNet, batch: dict[str, torch.Tensor], cfg: TrainCo
     fk, vk = f[B:].view(B, K, *f.shape[1:]), v[B:].view(B, K, *v.shape[1:])
     terms["dense"] = dense_infonce(out["features"], f0, v0, fk, vk, cfg.n_pixels, cfg.tau_dense, gen)
     terms["rank"], acc = pose_ranking(out["features"], f0, v0, fk, vk, cfg.tau_rank)
+    if cfg.w_drank > 0:
+        m_ct = batch["depth_ct"] > 0
+        terms["drank"], dacc = depth_ranking(out["log_depth"], torch.log(batch["depth_ct"].clamp_min(1e-6)), m_ct,
+                                             torch.log(batch["depth_pert"].clamp_min(1e-6)), batch["depth_pert"] > 0,
+                                             cfg.tau_drank)
     e_d = net.embed_depth(x0, f0)
     terms["embed"] = embedding_infonce(out["embedding"], e_d, queue, cfg.tau_embed)
     w = {"si": cfg.w_si, "grad": cfg.w_grad, "nll": cfg.w_nll, "hit": cfg.w_hit, "normal": cfg.w_normal,
-         "dense": cfg.w_dense, "rank": cfg.w_rank, "embed": cfg.w_embed}
+         "dense": cfg.w_dense, "rank": cfg.w_rank, "embed": cfg.w_embed, "drank": cfg.w_drank}
     total = sum(w[k] * v_ for k, v_ in terms.items())
     logs = {k: float(v_.detach()) for k, v_ in terms.items()}
     logs["rank_acc"] = float(acc)
+    if "drank" in terms:
+        logs["drank_acc"] = float(dacc)
     logs["loss"] = float(total.detach())
     return total, logs, e_d.detach()
 

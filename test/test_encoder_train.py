@@ -126,10 +126,13 @@ def test_warm_start_from_an_earlier_run(tmp_path):
             if v.is_floating_point():
                 torch.testing.assert_close(state[k], v, atol=2e-3, rtol=2e-3)  # fp16 for encoder.pt
     cfg = replace(_cfg(tmp_path, 1), out=str(tmp_path / "ft"), init=str(tmp_path / "run" / "checkpoint.pt"),
-                  rot_rad=(0.02, 0.1), trans_m=(0.0005, 0.002), seed=5)  # another seed: another random init
+                  rot_rad=(0.02, 0.1), trans_m=(0.0005, 0.002), seed=5,  # another seed: another random init
+                  w_drank=0.05, p_illumination=1.0)  # session 16's optional loss and augmentation
     train(cfg)
     ck = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 1  # a new schedule, not a resume
+    logged = ck["history"]["train"][-1]
+    assert logged["drank"] > 0 and 0.0 <= logged["drank_acc"] <= 1.0
     assert json.loads((tmp_path / "ft" / "train_config.json").read_text())["rot_rad"] == [0.02, 0.1]
     # One step of fine-tuning from the first run: close to it, not a fresh initialisation (that
     # differs by ~0.5). Weights move by about one learning rate; BatchNorm statistics left out.

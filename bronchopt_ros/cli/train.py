@@ -8,6 +8,8 @@ Examples::
     bronchopt train --out runs/tiny --source toy --steps 50            # smoke test on procedural tubes
     bronchopt train --out runs/ft --init runs/enc/checkpoint.pt --steps 1500 --lr 5e-4 --warmup 50 \
         --rot-range 0.01 0.15 --trans-range 0.0003 0.003                # fine-tune on small perturbations
+    bronchopt train --out runs/enc3 --init bronchopt_ros/encoder/weights/encoder.pt --lr 1e-3 --warmup 100 \
+        --steps 4500 --minutes 90 --depth-rank-weight 0.05 --illumination 0.5  # session 16's trial (not shipped)
     bronchopt train --out runs/dino --backbone vit_small_patch14_dinov2 --backbone-weights dinov2_s.pth
 """
 from __future__ import annotations
@@ -51,6 +53,10 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
     p.add_argument("--rot-range", type=float, nargs=2, default=d.rot_rad, metavar=("MIN", "MAX"),
                    help="rotation of the perturbed poses, radians, log-uniform [%(default)s]")
     p.add_argument("--no-breathing", action="store_true", help="render frames of the undeformed anatomy")
+    p.add_argument("--depth-rank-weight", type=float, default=d.w_drank,
+                   help="weight of the depth-ranking loss (the tracker's SI objective, true vs perturbed poses) [%(default)s]")
+    p.add_argument("--illumination", type=float, default=d.p_illumination,
+                   help="share of frames given an uneven illumination field (augmentation) [%(default)s]")
     p.add_argument("--backbone", default="unet", help="'unet' (ours) or a timm model name")
     p.add_argument("--backbone-weights", default=None, help="local weights file of the timm backbone")
     p.add_argument("--install", action="store_true",
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                           val_frames=args.val_frames, val_every=args.val_every, breathing=not args.no_breathing,
                           init=args.init, warmup=args.warmup, n_perturb=args.n_perturb,
                           trans_m=tuple(args.trans_range), rot_rad=tuple(args.rot_range),
+                          w_drank=args.depth_rank_weight, p_illumination=args.illumination,
                           model=ModelConfig(backbone=args.backbone, backbone_weights=args.backbone_weights),
                           progress=not args.quiet)
     res = train(cfg, resume=args.resume)

@@ -6,10 +6,11 @@ specular blobs, vignetting, an uneven illumination field, blur, sensor noise (Ga
 JPEG-like quantisation. None of them moves a pixel: the depth target stays aligned.
 
 The illumination field (a smooth brightness ramp of random direction times an off-centre radial
-falloff) stands for what the simulator's light does not vary enough: light guides off the lens
-axis, uneven LED output. Without it the encoder reads a global left-right brightness difference
-as a tilted wall (the depth of the test appearance, whose light sits 0.8-1.5 mm off the lens, is
-turned by ~5 deg); the ramp's range is generic, not fitted to that domain.
+falloff; off by default, ``bronchopt train --illumination P``) stands for what the simulator's light
+does not vary enough: light guides off the lens axis, uneven LED output (the encoder reads a
+global brightness difference as a tilted wall: the test appearance's light, 0.8-1.5 mm off the
+lens, turns its depth by ~5 deg). Its range is generic, not fitted to that domain. Tried in
+session 16 with the depth-ranking loss: not better (encoder/MODEL_CARD.md).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class AugmentConfig:
     p_gamma: float = 0.7
     p_specular: float = 0.5
     p_vignette: float = 0.5
-    p_illumination: float = 0.5
+    p_illumination: float = 0.0  # off in the shipped recipe (session 16's trial: see MODEL_CARD.md)
     illumination_ramp: float = 0.6  # max log-brightness change from the centre to an edge
     p_blur: float = 0.4
     p_noise: float = 0.7

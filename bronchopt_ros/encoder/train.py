@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .augment import AugmentConfig
 from .config import ModelConfig
 from .data import EVAL_PERTURBATIONS, PairConfig, PairDataset, PairGenerator, collate, fixed_perturbation
 from .losses import (dense_infonce, depth_ranking, embedding_infonce, gradient_matching, hit_bce, laplace_nll,
@@ -103,12 +104,13 @@ class TrainConfig:
     w_dense: float = 1.0
     w_rank: float = 1.0
     w_embed: float = 0.2
-    w_drank: float = 0.05  # depth ranking (the default tracker's objective); 0 in runs before session 16
+    w_drank: float = 0.0  # depth ranking (the default tracker's objective); tried in session 16, see MODEL_CARD.md
     tau_dense: float = 0.1
     tau_rank: float = 0.02
     tau_embed: float = 0.1
     tau_drank: float = 0.01
     n_pixels: int = 128
+    p_illumination: float = 0.0  # share of frames given an uneven illumination field (augment.py)
     queue_size: int = 512
     model: ModelConfig = field(default_factory=ModelConfig)
     progress: bool = True
@@ -283,7 +285,9 @@ def _plot(history: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     if tr:
         steps = np.array([r["step"] for r in tr])
-        for key in ("loss", "si", "dense", "rank", "embed"):
+        for key in ("loss", "si", "dense", "rank", "embed", "drank"):
+            if key not in tr[-1]:
+                continue
             vals = np.array([r.get(key, np.nan) for r in tr])
             k = max(1, len(vals) // 50)
             sm = np.convolve(vals, np.ones(k) / k, mode="valid")
@@ -344,7 +348,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     val = make_val_set(cfg)
     factory = WorldFactory(cfg.source, cfg.train_seeds, str(out / "cache"), cfg.breathing)
     pc = PairConfig(size=cfg.input_size, n_perturb=cfg.n_perturb, domain="train", trans_m=cfg.trans_m,
-                    rot_rad=cfg.rot_rad)
+                    rot_rad=cfg.rot_rad, augment=AugmentConfig(p_illumination=cfg.p_illumination))
     ds = PairDataset(factory, pc, cfg.seed, start=step)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, collate_fn=collate,
                                          num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,

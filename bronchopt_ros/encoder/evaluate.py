@@ -98,18 +98,17 @@ def _pred_si(log_pred: np.ndarray, target: np.ndarray, other: np.ndarray) -> flo
     """Scale-invariant error of a predicted log-depth against ``target``, on the pixels where both
     ``target`` and ``other`` see the wall (so two poses are compared on the same pixels)."""
     m = (target > 0) & (other > 0)
-    if not m.any():
-        return float("inf")
-    r = log_pred[m] - np.log(target[m])
-    return float(np.sqrt(max(np.mean(r ** 2) - np.mean(r) ** 2, 0.0)))
+    return _si(log_pred[m] - np.log(target[m])) if m.any() else float("inf")
 
 
 def _si_error(seen: np.ndarray, ct: np.ndarray) -> float:
     """Scale-invariant log error between two depth maps where both see the wall (inf if nowhere)."""
     m = (seen > 0) & (ct > 0)
-    if not m.any():
-        return float("inf")
-    r = np.log(seen[m]) - np.log(ct[m])
+    return _si(np.log(seen[m]) - np.log(ct[m])) if m.any() else float("inf")
+
+
+def _si(r: np.ndarray) -> float:
+    """sqrt of the variance of log-depth residuals (Eigen 2014's scale-invariant error)."""
     return float(np.sqrt(max(np.mean(r ** 2) - np.mean(r) ** 2, 0.0)))
 
 
@@ -158,8 +157,7 @@ def depth_error(encoder, frames: list[EvalFrame]) -> float:
 
             d = cv2.resize(d, (S, S), interpolation=cv2.INTER_NEAREST)
         m = d > 0
-        r = ld[m] - np.log(d[m])
-        errs.append(float(np.sqrt(max(np.mean(r ** 2) - np.mean(r) ** 2, 0.0))))
+        errs.append(_si(ld[m] - np.log(d[m])))
     return float(np.mean(errs))
 
 

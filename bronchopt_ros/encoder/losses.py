@@ -15,7 +15,7 @@ Alignment of the two modalities:
   perturbed poses (softmax over poses), which is what the tracker's optimiser relies on;
 * :func:`depth_ranking` — the same for the default tracker's objective: the predicted log-depth's
   scale-invariant error against the CT depth at the true pose must be below its error against
-  the depths at the perturbed poses (softmax over poses of -SI / tau);
+  the depths at the perturbed poses (a logistic contest per perturbed pose, logits -SI / tau);
 * :func:`embedding_infonce` — global embeddings: the RGB frame's must be nearest to the depth
   map of the same place among other places (batch + a queue of past depth embeddings).
 """
@@ -143,7 +143,8 @@ def pose_ranking(f_rgb: torch.Tensor, f_true: torch.Tensor, m_true: torch.Tensor
 
 def depth_ranking(pred: torch.Tensor, ld_true: torch.Tensor, m_true: torch.Tensor, ld_pert: torch.Tensor,
                   m_pert: torch.Tensor, tau: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over poses of -SI(pred, CT depth at the pose) / tau, the true pose being class 0.
+    """One logistic contest per perturbed pose between -SI(pred, CT depth at the true pose) / tau and
+    -SI(pred, CT depth at the perturbed pose) / tau, the true pose to win.
 
     ``pred``, ``ld_true`` (B, 1, H, W) log-depths, ``m_true`` (B, 1, H, W) bool; ``ld_pert``
     (B, K, 1, H, W), ``m_pert`` (B, K, 1, H, W). Each pair (true, perturbed k) is compared on the

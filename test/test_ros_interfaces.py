@@ -133,3 +133,47 @@ def test_background_spin_stops_cleanly_under_a_busy_executor(ros_context):
     finally:
         threading.excepthook = old_hook
     assert errors == []
+
+
+def test_background_spin_survives_nodes_removed_while_spinning(ros_context):
+    """Removing and destroying a node while the executor spins killed the spin thread (rclpy
+    InvalidHandle, "destruction was requested": ros2/rclpy#1355); BackgroundSpin goes on, so the
+    other nodes' callbacks keep running (an airway server restarting beside a navigator)."""
+    import threading
+    import time
+
+    from rclpy.executors import MultiThreadedExecutor
+    from std_msgs.msg import String
+
+    from bronchopt_ros.nodes.spin import BackgroundSpin
+
+    errors = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda a: errors.append(a.exc_value)
+    ex = MultiThreadedExecutor(num_threads=3, context=ros_context)
+    keeper = Node("spin_keeper", context=ros_context)
+    ticks = []
+    keeper.create_timer(0.002, lambda: ticks.append(1))
+    ex.add_node(keeper)
+    spin = BackgroundSpin.start(ex, period_s=0.001)
+    try:
+        for i in range(300):  # (without the catch, the loop died within ~5-70 here)
+            node = Node(f"spin_victim_{i}", context=ros_context)
+            node.create_subscription(String, "/spin_probe", lambda m: None, 10)
+            pub = node.create_publisher(String, "/spin_probe", 10)
+            node.create_timer(0.001, lambda pub=pub: pub.publish(String(data="x")))
+            ex.add_node(node)
+            time.sleep(0.001 * (i % 7))
+            ex.remove_node(node)
+            node.destroy_node()
+            assert spin.thread.is_alive(), f"the spin thread died after {i} nodes: {errors}"
+        n = len(ticks)
+        deadline = time.monotonic() + 5.0
+        while len(ticks) < n + 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert spin.thread.is_alive() and len(ticks) >= n + 20
+    finally:
+        spin.stop()
+        keeper.destroy_node()
+        threading.excepthook = old_hook
+    assert errors == []

@@ -4,11 +4,19 @@
 thread may hand a callback to the executor's thread pool after shutdown has closed it, and dies
 with "cannot schedule new futures after shutdown". Here the spin loop is stopped and joined first,
 then the executor is shut down.
+
+A node removed and destroyed while the loop runs (an airway server restarting beside a navigator
+in one process) can also kill ``spin()``: the executor's generator of ready callbacks may resume
+with the entity list it gathered before the removal and raise ``InvalidHandle`` ("destruction was
+requested", ros2/rclpy#1355). That ends the generator; the loop here goes on, and the next turn
+gathers the entities afresh.
 """
 
 from __future__ import annotations
 
 import threading
+
+from rclpy.exceptions import InvalidHandle
 
 
 class BackgroundSpin:
@@ -18,6 +26,7 @@ class BackgroundSpin:
     def __init__(self, executor, name: str = "bronchopt-spin", period_s: float = 0.1):
         self.executor = executor
         self._stop = threading.Event()
+        self.stale_turns = 0  # turns lost to a node destroyed while they ran (see the module doc)
         self._period = period_s
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -29,7 +38,10 @@ class BackgroundSpin:
 
     def _loop(self) -> None:
         while not self._stop.is_set() and self.executor.context.ok():
-            self.executor.spin_once(timeout_sec=self._period)
+            try:
+                self.executor.spin_once(timeout_sec=self._period)
+            except InvalidHandle:
+                self.stale_turns += 1  # a node destroyed mid-turn; the next turn does not see it
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()

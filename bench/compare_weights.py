@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in args.weights:
         cfg = dataclasses.replace(pipeline_from_yaml(args.config), encoder_weights="" if w == "shipped" else w)
         encoder = load_default_encoder(cfg)
-        recs, starts, tracker = [], [], None
+        recs, starts, tracker, by_case = [], [], None, {}
         for case in args.cases:
             if args.framewise:
                 r, s, _, tracker = ev.framewise_case(case, args.framewise, cfg, encoder=encoder, progress=False)
@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 r, _, _ = ev.track_case(case, cfg, encoder=encoder, progress=False)
             recs += r
-            print(f"{w} {Path(case).name}: {len(r)} frames", flush=True)
+            m = ev.framewise_metrics(r, s, tracker) if args.framewise else ev.summarise(r)
+            by_case[Path(case).name] = m
+            print(f"{w} {Path(case).name}: {len(r)} frames, {m['trans_err_mm_mean']:.2f} mm, "
+                  f"{m['rot_err_rad_mean']:.3f} rad, {100 * m['success_rate']:.1f} %", flush=True)
         result[w] = ev.framewise_metrics(recs, starts, tracker) if args.framewise else ev.summarise(recs)
+        result[w]["by_case"] = by_case
     print("\n| weights | frames | mm | rad | success | wrong while tracking |\n| --- | --- | --- | --- | --- | --- |")
     for w, m in result.items():
         print(f"| {w} | {m['frames']} | {m['trans_err_mm_mean']:.2f} | {m['rot_err_rad_mean']:.3f} | "

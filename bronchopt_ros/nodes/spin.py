@@ -26,7 +26,6 @@ class BackgroundSpin:
     def __init__(self, executor, name: str = "bronchopt-spin", period_s: float = 0.1):
         self.executor = executor
         self._stop = threading.Event()
-        self.stale_turns = 0  # turns lost to a node destroyed while they ran (see the module doc)
         self._period = period_s
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -41,7 +40,7 @@ class BackgroundSpin:
             try:
                 self.executor.spin_once(timeout_sec=self._period)
             except InvalidHandle:
-                self.stale_turns += 1  # a node destroyed mid-turn; the next turn does not see it
+                continue  # a node destroyed mid-turn (module doc); the next turn does not see it
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()

@@ -5,8 +5,8 @@
 
 For each weights file (``shipped`` = the package's) the cases are tracked offline, every frame
 (or registered frame-wise from ``starts/LEVEL.tum``), with the navigator config's settings, as
-``bronchopt bench`` does; the frames of all cases are pooled into one row (with its airway
-generations) per weights file. Prints a table and writes OUT/compare.json. Make validation cases
+``bronchopt bench`` does. Prints a line per case, then the frames of all cases pooled into one
+row (with its airway generations) per weights file; writes both to OUT/compare.json (``by_case``). Make validation cases
 with ``bronchopt sim case --seed 25xx --frames 900 --no-starts`` (``--start-every 36`` for
 frame-wise ones).
 """
@@ -41,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.framewise:
                 r, s, _, tracker = ev.framewise_case(case, args.framewise, cfg, encoder=encoder, progress=False)
                 starts += s
+                m = ev.framewise_metrics(r, s, tracker)
             else:
                 r, _, _ = ev.track_case(case, cfg, encoder=encoder, progress=False)
+                m = ev.summarise(r)
             recs += r
-            m = ev.framewise_metrics(r, s, tracker) if args.framewise else ev.summarise(r)
             by_case[Path(case).name] = m
             print(f"{w} {Path(case).name}: {len(r)} frames, {m['trans_err_mm_mean']:.2f} mm, "
                   f"{m['rot_err_rad_mean']:.3f} rad, {100 * m['success_rate']:.1f} %", flush=True)

@@ -10,7 +10,7 @@ falloff; off by default, ``bronchopt train --illumination P``) stands for what t
 does not vary enough: light guides off the lens axis, uneven LED output (the encoder reads a
 global brightness difference as a tilted wall: the test appearance's light, 0.8-1.5 mm off the
 lens, turns its depth by ~5 deg). Its range is generic, not fitted to that domain. Tried in
-session 16 with the depth-ranking loss: not better (encoder/MODEL_CARD.md).
+sessions 16-17, with the depth-ranking loss and alone: not shipped (encoder/MODEL_CARD.md).
 """
 from __future__ import annotations
 

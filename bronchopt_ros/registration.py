@@ -111,6 +111,9 @@ class RegResult:
     inside: bool
     converged: bool
     start_index: int = 0
+    # what the solver minimised at the finest level: the robust cost plus the prior's (= cost
+    # without a prior); results from several starts are ranked by it
+    objective: float = math.nan
 
 
 def _si_system(renderer, cam: Camera, pose: Pose, target_ld: torch.Tensor, target_w: torch.Tensor,
@@ -214,7 +217,7 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
     converged = False
     r, w, J, vf, inside = _si_system(renderer, cam, pose, ld, wt)
     if r is None or r.numel() < cfg.min_valid:
-        return pose, math.inf, math.inf, 0, vf, inside, False
+        return pose, math.inf, math.inf, 0, vf, inside, False, math.inf
     # One robust scale per level (costs of different iterates stay comparable); it only shrinks.
     sigma = max(_mad(r), 1e-4)
     W, cost, rms = _robust(r, w, cfg.huber_k, sigma)
@@ -247,7 +250,7 @@ def _refine_level(renderer, cam, ld, wt, pose: Pose, iters: int, cfg: DepthRegCo
         if lam > 1e4:
             converged = True  # no descent direction left at this level
             break
-    return pose, cost, rms, it, vf, inside, converged
+    return pose, cost, rms, it, vf, inside, converged, total
 
 
 def register_depth(renderer, target: DepthTarget, starts: list[Pose], cfg: DepthRegConfig | None = None,
@@ -263,18 +266,18 @@ def register_depth(renderer, target: DepthTarget, starts: list[Pose], cfg: Depth
     for k, pose in enumerate(starts):
         width, iters = levels[0]
         cam, ld, wt = target.level(width)
-        pose, cost, rms, it, vf, inside, conv = _refine_level(renderer, cam, ld, wt, pose, iters, cfg, prior)
+        pose, cost, rms, it, vf, inside, conv, obj = _refine_level(renderer, cam, ld, wt, pose, iters, cfg, prior)
         total_it += it
-        results.append(RegResult(pose, cost, rms, it, 0.0, vf, inside, conv, k))
+        results.append(RegResult(pose, cost, rms, it, 0.0, vf, inside, conv, k, obj))
     results.sort(key=_rank)
     finals = []
     for res in results[: max(1, cfg.keep)]:
         pose = res.pose
         for width, iters in levels[1:]:
             cam, ld, wt = target.level(width)
-            pose, cost, rms, it, vf, inside, conv = _refine_level(renderer, cam, ld, wt, pose, iters, cfg, prior)
+            pose, cost, rms, it, vf, inside, conv, obj = _refine_level(renderer, cam, ld, wt, pose, iters, cfg, prior)
             total_it += it
-            res = RegResult(pose, cost, rms, 0, 0.0, vf, inside, conv, res.start_index)
+            res = RegResult(pose, cost, rms, 0, 0.0, vf, inside, conv, res.start_index, obj)
         finals.append(res)
     best = min(finals, key=_rank)
     best.iterations = total_it
@@ -333,8 +336,8 @@ def centerline_hypotheses(centerline, pose: Pose, radius: float = 0.01, spacing:
 
 
 def _rank(r: RegResult):
-    """Prefer views from inside the lumen, then the lower robust cost."""
-    return (not r.inside, r.cost)
+    """Prefer views from inside the lumen, then the lower objective (robust cost plus the prior's)."""
+    return (not r.inside, r.cost if math.isnan(r.objective) else r.objective)
 
 
 

@@ -89,8 +89,13 @@ class TrackerConfig:
     prior_sigma_rad: float = 0.05  # ... and rotation sigma (rad); 0 = no prior (the prediction is only the start)
     # A (re)initialisation pose is held near with the /initialpose covariance's sigmas; when the
     # message has none (zero), with these (0: the given pose is only the start).
-    init_prior_sigma_m: float = 0.0
-    init_prior_sigma_rad: float = 0.0
+    # A pose given without any (the frame-wise protocol's starts too) is held loosely: unheld, the
+    # solver often slid from a start 2 mm / 0.14 rad off to a look-alike pose 5-15 mm away whose
+    # CT depth fits the encoder's depth better than the truth's does (session 18, validation
+    # frame-wise cases 2520-2523, 100 frames a level: the registration made the easy starts worse
+    # on average, 1.94 -> 2.54 mm; see init_search_radius for the figures).
+    init_prior_sigma_m: float = 0.02
+    init_prior_sigma_rad: float = 1.4
     prior_sigma_roll: float = 0.0  # rad: sigma of the roll about the optical axis (0 = prior_sigma_rad)
     max_speed: float = 0.05  # m/s: how fast the tip can plausibly move; while LOST, candidates farther than
     # search_radius + max_speed x (time since the last trusted frame) from the last trusted pose are refused
@@ -99,11 +104,16 @@ class TrackerConfig:
     # trusted pose is refused (a look-alike view rolled ~90 deg down a round bronchus; 0: no bound)
     search_turn: float = 0.8  # rad: the turn allowed right after the loss (the estimate's drift before it)
     hypotheses: int = 1  # 1: warm start only; >1: also rotated copies of it (wider basin, slower)
-    # (Re)initialisation from /initialpose and the frame-wise protocol trust the given pose: with
-    # the encoder's depth a wider search picked look-alike views (validation procedures: 13.7/6.4 mm
-    # with 9 rotated + centerline starts, 9.3/6.3 mm from the given pose alone).
+    # (Re)initialisation from /initialpose and the frame-wise protocol: the given pose and centerline
+    # starts within init_search_radius, all held by the prior above and ranked by data + prior cost.
+    # Without the prior a wider search picked look-alike views (session 13: validation procedures
+    # 13.7/6.4 mm with 9 rotated + centerline starts, 9.3/6.3 mm from the given pose alone). With
+    # it, session 18's validation frame-wise cases (success easy / medium / hard; time per frame):
+    # no prior, one start 68 / 32 / 21 % (27 ms); prior 10 mm / 0.7 rad 98 / 64 / 21 %; 20 mm /
+    # 1.4 rad 94 / 65 / 30 %; + centerline starts within 8 mm 96 / 70 / 43 % (124 ms; the mean
+    # error easy 2.54 -> 1.46 mm, hard 9.82 -> 4.09 mm); + 9 rotated starts as well 93 / 71 / 42 %.
     init_hypotheses: int = 1  # rotated starts tried when (re)initialising from /initialpose
-    init_search_radius: float = 0.0  # m: centerline starts within this of a (re)initialisation pose
+    init_search_radius: float = 0.008  # m: centerline starts within this of a (re)initialisation pose
     search_radius: float = 0.012  # m: centerline starts within this of the last trusted pose when LOST
     search_spacing: float = 0.002  # m: their spacing along each branch
     # Starts tried per LOST frame: the relocaliser's candidates, then the next of the wide search's
@@ -780,11 +790,14 @@ class Tracker:
             return None
         return cfg.search_turn + cfg.max_turn_rate * max(0.0, stamp - self._trusted_stamp)
 
-    def register_once(self, frame: Frame, start: Pose) -> tuple[RegResult, float]:
+    def register_once(self, frame: Frame, start: Pose, covariance: np.ndarray | None = None) -> tuple[RegResult, float]:
         """Register one frame independently from ``start`` (the frame-wise protocol): the same
-        search as a (re)initialisation, no state touched. Returns the result and its confidence."""
+        search and prior as a (re)initialisation at ``start`` with ``covariance``
+        (:func:`init_prior_sigmas`), no state touched. Returns the result and its confidence."""
         target = self.predictor(frame)
-        reg = self._register(frame, target, self.init_starts(start), keep=3, init=True)
+        sig = init_prior_sigmas(covariance, self.config)
+        prior = PosePrior(start, *sig) if sig is not None else None
+        reg = self._register(frame, target, self.init_starts(start), keep=3, init=True, prior=prior)
         return reg, self.confidence(reg)
 
     def _register(self, frame: Frame, target: DepthTarget, starts: list[Pose], keep: int | None = None,

@@ -99,6 +99,30 @@ def test_register_depth_converges_from_perturbed_start(renderer):
     assert start.translation_error(gt) > 1.5 * MM
 
 
+def test_register_once_holds_a_start_given_without_covariance(renderer):
+    """The frame-wise protocol's start (no covariance) is held with the configured
+    (re)initialisation prior: loose by default, so an exact depth still pulls the pose to the
+    truth; held firmly, it stays at the start; with no prior, the plain solution. The solver
+    reports what it minimised (its objective): the data cost alone without a prior."""
+    gt = _trachea_path(1)[0]
+    truth = {0.0: gt}
+    start = Pose(gt.R, gt.t + np.array([1.2, -1.0, 1.5]) * MM).retract([0, 0, 0, 0.06, -0.08, 0.05])
+    frame = Frame(np.zeros((200, 200, 3), np.uint8), CAM, 0.0)
+    errs = {}
+    for name, (sm, sr) in {"none": (0.0, 0.0), "loose": (None, None), "firm": (1e-5, 1e-4)}.items():
+        cfg = TrackerConfig() if sm is None else TrackerConfig(init_prior_sigma_m=sm, init_prior_sigma_rad=sr)
+        tracker = Tracker(renderer, ExactDepth(renderer, truth), cfg, centerline=_y_centerline())
+        reg, conf = tracker.register_once(frame, start)
+        errs[name] = reg.pose.translation_error(gt)
+        if name == "none":
+            assert reg.objective == pytest.approx(reg.cost)
+        else:
+            assert reg.objective > reg.cost
+    assert TrackerConfig().init_prior_sigma_m > 0
+    assert errs["none"] < 0.1 * MM and errs["loose"] < 0.3 * MM
+    assert errs["firm"] > 0.9 * start.translation_error(gt)
+
+
 def test_hypotheses_are_in_the_lumen(renderer):
     gt = _trachea_path(1)[0]
     cl = _y_centerline()
@@ -224,10 +248,11 @@ def test_initial_pose_prior_follows_the_message_covariance():
     rviz[0, 0] = rviz[1, 1] = 0.25
     rviz[5, 5] = 0.0685  # RViz's "2D Pose Estimate": metres, so practically no pull
     assert init_prior_sigmas(rviz, cfg)[0] > 0.1
-    # No covariance (zero / NaN / absent): the configured sigmas, by default none.
+    # No covariance (zero / NaN / absent): the configured sigmas (by default a loose hold), 0 none.
     for cov in (None, np.zeros((6, 6)), np.full((6, 6), np.nan)):
-        assert init_prior_sigmas(cov, cfg) is None
+        assert init_prior_sigmas(cov, cfg) == (cfg.init_prior_sigma_m, cfg.init_prior_sigma_rad)
         assert init_prior_sigmas(cov, TrackerConfig(init_prior_sigma_m=0.002, init_prior_sigma_rad=0.1)) == (0.002, 0.1)
+        assert init_prior_sigmas(cov, TrackerConfig(init_prior_sigma_m=0.0)) is None
 
 
 def test_relocalisation_is_bounded_by_a_plausible_tip_speed(renderer):

@@ -67,7 +67,8 @@ TRACKER_DOCS = {
     "prior_sigma_rad": ("Rotation sigma (rad) of that prior (0: no prior).", (0.0, 1.0)),
     "init_prior_sigma_m": ("A (re)initialisation is held near /initialpose with the sigmas of its covariance; "
                            "when the message carries none (all zero), with this translation sigma (m) "
-                           "(0: the pose is only the start).", (0.0, 0.1)),
+                           "(0: the pose is only the start; unheld, the solver often slides to a look-alike "
+                           "pose several mm away).", (0.0, 0.1)),
     "init_prior_sigma_rad": ("... and this rotation sigma (rad) (0: no prior).", (0.0, 3.2)),
     "prior_sigma_roll": ("Sigma (rad) of the roll about the optical axis in that prior, which the CT's depth "
                          "barely sees in round bronchi (0: prior_sigma_rad).", (0.0, 1.0)),
@@ -81,8 +82,8 @@ TRACKER_DOCS = {
                     (0.0, 3.2)),
     "hypotheses": ("Start hypotheses per frame when tracking (1 = warm start only).", (1, 32)),
     "init_hypotheses": ("Rotated start hypotheses when (re)initialising from /initialpose.", (1, 32)),
-    "init_search_radius": ("Centerline starts within this distance (m) of a (re)initialisation pose (0: none; "
-                           "with the current encoder a wider search picks look-alike views).", (0.0, 0.1)),
+    "init_search_radius": ("Centerline starts within this distance (m) of a (re)initialisation pose, held near it "
+                           "by its prior (0: none; unheld, a wider search picks look-alike views).", (0.0, 0.1)),
     "search_radius": ("Centerline starts within this distance (m) of the last trusted pose when LOST (0: none).",
                       (0.0, 0.1)),
     "search_spacing": ("Spacing (m) of those centerline starts along each branch.", (0.0005, 0.02)),

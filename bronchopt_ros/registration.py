@@ -484,7 +484,7 @@ def register_features_gn(renderer, encoder, rgb_features: torch.Tensor, camera: 
                     converged = True
                     break
         total += it
-        res = RegResult(pose, cost, cost, it, 0.0, vf, inside, converged, k)
+        res = RegResult(pose, cost, cost, it, 0.0, vf, inside, converged, k, total_cost)
         if best is None or _rank(res) < _rank(best):
             best = res
     if best is None:

@@ -291,16 +291,18 @@ class TrackResult:
 def init_prior_sigmas(covariance: np.ndarray | None, config: TrackerConfig) -> tuple[float, float] | None:
     """(translation sigma m, rotation sigma rad) of the prior on a (re)initialisation pose: from the
     /initialpose covariance when it has a positive translation and rotation variance (isotropic:
-    the mean variance of each block; RViz's "2D Pose Estimate" sends metres, so no real pull),
-    else from ``config.init_prior_sigma_*``; None: no prior (the pose is only the start)."""
+    the mean variance of each block), at most ``config.init_prior_sigma_*`` (RViz's "2D Pose
+    Estimate" sends sigmas of ~0.4 m: unheld, the centerline starts could pick a look-alike view
+    along the airway), else those; None: no prior (the pose is only the start)."""
+    cap = (config.init_prior_sigma_m, config.init_prior_sigma_rad)
+    held = cap[0] > 0 and cap[1] > 0
     if covariance is not None:
         c = np.asarray(covariance, dtype=np.float64).reshape(6, 6)
         vt, vr = float(np.mean(np.diag(c)[:3])), float(np.mean(np.diag(c)[3:]))
         if np.isfinite(vt) and np.isfinite(vr) and vt > 0 and vr > 0:
-            return math.sqrt(vt), math.sqrt(vr)
-    if config.init_prior_sigma_m > 0 and config.init_prior_sigma_rad > 0:
-        return config.init_prior_sigma_m, config.init_prior_sigma_rad
-    return None
+            st, sr = math.sqrt(vt), math.sqrt(vr)
+            return (min(st, cap[0]), min(sr, cap[1])) if held else (st, sr)
+    return cap if held else None
 
 
 @dataclass

@@ -246,8 +246,9 @@ def test_initial_pose_prior_follows_the_message_covariance():
     assert np.allclose(init_prior_sigmas(sim, cfg), (1e-3, 0.05))
     rviz = np.zeros((6, 6))
     rviz[0, 0] = rviz[1, 1] = 0.25
-    rviz[5, 5] = 0.0685  # RViz's "2D Pose Estimate": metres, so practically no pull
-    assert init_prior_sigmas(rviz, cfg)[0] > 0.1
+    rviz[5, 5] = 0.0685  # RViz's "2D Pose Estimate": metres, so held no looser than the configured sigmas
+    assert init_prior_sigmas(rviz, cfg) == (cfg.init_prior_sigma_m, pytest.approx(np.sqrt(0.0685 / 3)))
+    assert init_prior_sigmas(rviz, TrackerConfig(init_prior_sigma_m=0.0))[0] > 0.1  # (no cap configured)
     # No covariance (zero / NaN / absent): the configured sigmas (by default a loose hold), 0 none.
     for cov in (None, np.zeros((6, 6)), np.full((6, 6), np.nan)):
         assert init_prior_sigmas(cov, cfg) == (cfg.init_prior_sigma_m, cfg.init_prior_sigma_rad)

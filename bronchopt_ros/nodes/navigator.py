@@ -65,8 +65,9 @@ TRACKER_DOCS = {
     "prior_sigma_m": ("Translation sigma (m) of the prior that keeps the registration near the odometry's "
                       "prediction (0: the prediction is only the start).", (0.0, 0.05)),
     "prior_sigma_rad": ("Rotation sigma (rad) of that prior (0: no prior).", (0.0, 1.0)),
-    "init_prior_sigma_m": ("A (re)initialisation is held near /initialpose with the sigmas of its covariance; "
-                           "when the message carries none (all zero), with this translation sigma (m) "
+    "init_prior_sigma_m": ("A (re)initialisation is held near /initialpose with the sigmas of its covariance, "
+                           "at most this translation sigma (m), and with it when the message carries none "
+                           "(all zero) "
                            "(0: the pose is only the start; unheld, the solver often slides to a look-alike "
                            "pose several mm away).", (0.0, 0.1)),
     "init_prior_sigma_rad": ("... and this rotation sigma (rad) (0: no prior).", (0.0, 3.2)),

@@ -87,8 +87,8 @@ class TrackerConfig:
     odometry: bool = True  # predict each frame's pose by frame-to-frame visual odometry (bronchopt_ros.odometry)
     prior_sigma_m: float = 0.001  # the registration stays near the odometry's prediction: translation sigma (m)
     prior_sigma_rad: float = 0.05  # ... and rotation sigma (rad); 0 = no prior (the prediction is only the start)
-    # A (re)initialisation pose is held near with the /initialpose covariance's sigmas; when the
-    # message has none (zero), with these (0: the given pose is only the start).
+    # A (re)initialisation pose is held near with the /initialpose covariance's sigmas, at most
+    # these; when the message has none (zero), with these (0: the given pose is only the start).
     # A pose given without any (the frame-wise protocol's starts too) is held loosely: unheld, the
     # solver often slid from a start 2 mm / 0.14 rad off to a look-alike pose 5-15 mm away whose
     # CT depth fits the encoder's depth better than the truth's does (session 18, validation

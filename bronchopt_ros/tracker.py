@@ -547,9 +547,7 @@ class Tracker:
             return self._predicted(frame, pred, gray, motion, t0)
         if self._pending_init is not None:
             target = pending.result() if pending is not None else self.predictor(frame)
-            sig = self._init_sigmas
-            prior = PosePrior(self._pending_init, *sig) if sig is not None else None
-            reg = self._register(frame, target, self.init_starts(self._pending_init), keep=3, init=True, prior=prior)
+            reg, prior = self._register_init(frame, target, self._pending_init, self._init_sigmas)
             self._pending_init = None
             return self._complete(frame, target, reg, prior, motion, gray, t0, steady=False)
         pred, prior = self.predict(frame.stamp), None
@@ -797,10 +795,15 @@ class Tracker:
         search and prior as a (re)initialisation at ``start`` with ``covariance``
         (:func:`init_prior_sigmas`), no state touched. Returns the result and its confidence."""
         target = self.predictor(frame)
-        sig = init_prior_sigmas(covariance, self.config)
-        prior = PosePrior(start, *sig) if sig is not None else None
-        reg = self._register(frame, target, self.init_starts(start), keep=3, init=True, prior=prior)
+        reg, _ = self._register_init(frame, target, start, init_prior_sigmas(covariance, self.config))
         return reg, self.confidence(reg)
+
+    def _register_init(self, frame: Frame, target: DepthTarget, pose: Pose,
+                       sigmas: tuple[float, float] | None) -> tuple[RegResult, PosePrior | None]:
+        """A (re)initialisation's registration: the starts of :meth:`init_starts`, held near
+        ``pose`` with ``sigmas`` (None: not held). Returns the result and the prior used."""
+        prior = PosePrior(pose, *sigmas) if sigmas is not None else None
+        return self._register(frame, target, self.init_starts(pose), keep=3, init=True, prior=prior), prior
 
     def _register(self, frame: Frame, target: DepthTarget, starts: list[Pose], keep: int | None = None,
                   prior: PosePrior | None = None, init: bool = False) -> RegResult:

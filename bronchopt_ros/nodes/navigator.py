@@ -67,9 +67,8 @@ TRACKER_DOCS = {
     "prior_sigma_rad": ("Rotation sigma (rad) of that prior (0: no prior).", (0.0, 1.0)),
     "init_prior_sigma_m": ("A (re)initialisation is held near /initialpose with the sigmas of its covariance, "
                            "at most this translation sigma (m), and with it when the message carries none "
-                           "(all zero) "
-                           "(0: the pose is only the start; unheld, the solver often slides to a look-alike "
-                           "pose several mm away).", (0.0, 0.1)),
+                           "(all zero) (0: the pose is only the start; unheld, the solver often slides to a "
+                           "look-alike pose several mm away).", (0.0, 0.1)),
     "init_prior_sigma_rad": ("... and this rotation sigma (rad) (0: no prior).", (0.0, 3.2)),
     "prior_sigma_roll": ("Sigma (rad) of the roll about the optical axis in that prior, which the CT's depth "
                          "barely sees in round bronchi (0: prior_sigma_rad).", (0.0, 1.0)),

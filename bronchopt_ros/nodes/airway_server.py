@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -117,19 +116,9 @@ class AirwayServer(Node):
 
 
 def main(args=None) -> int:
-    from ..threads import limit_threads
+    from .spin import run_node
 
-    limit_threads()
-    rclpy.init(args=args)
-    node = AirwayServer()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(AirwayServer, args)
 
 
 if __name__ == "__main__":

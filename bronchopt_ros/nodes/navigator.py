@@ -654,19 +654,9 @@ def _warm_in_background(index, logger) -> None:
 
 
 def main(args=None) -> int:
-    from ..threads import limit_threads
+    from .spin import run_node
 
-    limit_threads()
-    rclpy.init(args=args)
-    node = Navigator()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(Navigator, args)
 
 
 if __name__ == "__main__":

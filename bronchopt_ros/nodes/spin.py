@@ -47,3 +47,24 @@ class BackgroundSpin:
         if self.thread.is_alive():
             self.thread.join(timeout_s)
         self.executor.shutdown()
+
+
+def run_node(node_class, args=None) -> int:
+    """A node executable's ``main``: cap the math libraries' threads, start rclpy, spin one
+    ``node_class()`` until Ctrl-C or shutdown, then destroy it and shut down. Returns 0."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from ..threads import limit_threads
+
+    limit_threads()
+    rclpy.init(args=args)
+    node = node_class()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

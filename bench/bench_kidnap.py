@@ -9,6 +9,8 @@ the error at the end of the procedure (did it find itself again?), and the frame
 
     python bench/bench_kidnap.py data/val/case_25* --out bench/results/kidnap.json
     python bench/bench_kidnap.py data/val/case_25* --sequential --out bench/results/kidnap_sequential.json
+    python bench/bench_kidnap.py data/val/case_25* --config my_navigator.yaml --out /tmp/kidnap.json
+(``--config``: the tracker settings of a navigator YAML; default config/navigator.yaml.)
 The default (pipelined) tracker puts a frame's pose out before its registration: a sudden gross
 error goes out for one frame before it is noticed; ``--sequential`` registers every frame first.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bronchopt_ros.cli.evaluate import pipeline_from_yaml
 from bronchopt_ros.evaluation import track_case
 from bronchopt_ros.metrics import is_success
 from bronchopt_ros.pipeline import PipelineConfig, load_default_encoder
@@ -36,8 +39,8 @@ KICKS = {  # right increments (m, rad): camera-frame translation then rotation
 LOST = (TrackState.LOST, TrackState.RELOCALISING)
 
 
-def run(case, encoder, kick=None, at: int = 150, pipelined: bool = True):
-    cfg = PipelineConfig()
+def run(case, encoder, kick=None, at: int = 150, pipelined: bool = True, cfg: PipelineConfig | None = None):
+    cfg = cfg or PipelineConfig()
     cfg = replace(cfg, tracker=replace(cfg.tracker, pipelined=pipelined))
     n = [0]
     relocalised = []
@@ -65,20 +68,22 @@ def main(argv=None) -> int:
     ap.add_argument("--at", type=int, default=150, help="frame of the kick")
     ap.add_argument("--sequential", action="store_true",
                     help="tracker.pipelined off: each frame registered before its pose goes out")
+    ap.add_argument("--config", default=None, help="navigator YAML (default config/navigator.yaml)")
     args = ap.parse_args(argv)
     limit_threads()
-    encoder = load_default_encoder(PipelineConfig())
+    cfg = pipeline_from_yaml(args.config)
+    encoder = load_default_encoder(cfg)
     t0 = time.perf_counter()
     res = {"cases": [Path(c).name for c in args.cases], "at": args.at, "pipelined": not args.sequential,
            "clean": {}, "kicks": {}}
     for case in args.cases:
-        lost, err, wrong = run(case, encoder, pipelined=not args.sequential)
+        lost, err, wrong = run(case, encoder, pipelined=not args.sequential, cfg=cfg)
         res["clean"][Path(case).name] = {"lost_frames": int(lost.sum()), "frames": len(lost), "mean_mm": float(err.mean()),
                                          "wrong_while_tracking": int(wrong.sum())}
     for name, kick in KICKS.items():
         rows = {}
         for case in args.cases:
-            lost, err, wrong = run(case, encoder, np.array(kick), args.at, pipelined=not args.sequential)
+            lost, err, wrong = run(case, encoder, np.array(kick), args.at, pipelined=not args.sequential, cfg=cfg)
             after = lost[args.at: args.at + 30]
             rows[Path(case).name] = {"detected_after_frames": int(np.argmax(after)) + 1 if after.any() else None,
                                      "error_after_kick_mm": float(err[args.at]), "final_error_mm": float(err[-1]),

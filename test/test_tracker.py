@@ -496,3 +496,34 @@ def test_a_blind_registration_is_trusted_only_when_unambiguous(renderer):
     states = [tracker.process(Frame(rgb, CAM, s)).state for rgb, s in zip(frames, truth)]
     assert states == [TrackState.TRACKING] * 3 and tracker.odometry.last is None and tracker.blind_lost == 0
     tracker.close()
+
+
+def test_lost_search_is_held_near_the_estimate(renderer, monkeypatch):
+    """While LOST the search's registrations carry a prior centred on the estimate (where the
+    tracker coasts) with the configured sigmas, so a search cannot walk from one look-alike to the
+    next (kidnap bench, session 19); 0 sigmas: unheld."""
+    import bronchopt_ros.tracker as tracker_mod
+
+    def run(cfg):
+        searches = []
+        real = tracker_mod.register_depth
+
+        def spy(renderer_, target, starts, rc=None, prior=None):
+            if len(starts) > 1:  # (the search: several starts; tracking registers one)
+                searches.append(prior)
+            return real(renderer_, target, starts, rc, prior=prior)
+
+        monkeypatch.setattr(tracker_mod, "register_depth", spy)
+        res = _garbage_run(renderer, cfg)
+        monkeypatch.setattr(tracker_mod, "register_depth", real)
+        return searches[1:], res  # (the first is the initialisation's, held by init_prior_sigma_*)
+
+    cfg = TrackerConfig(lost_after=3, lost_at_once=0.0)
+    assert (cfg.lost_prior_sigma_m, cfg.lost_prior_sigma_rad) == (0.01, 0.7)
+    searches, res = run(cfg)
+    assert searches and all(p is not None and (p.sigma_m, p.sigma_rad) == (0.01, 0.7) for p in searches)
+    trusted = _trachea_path(30)[7]  # the last frame before the garbage
+    assert all(p.center.translation_error(trusted) < 5 * MM for p in searches)
+    assert res[-1].state == TrackState.TRACKING
+    searches, _ = run(replace(cfg, lost_prior_sigma_m=0.0, lost_prior_sigma_rad=0.0))
+    assert searches and all(p is None for p in searches)

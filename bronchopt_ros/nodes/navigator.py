@@ -80,6 +80,11 @@ TRACKER_DOCS = {
                       "trusted pose is refused (counted: turn_refused in /diagnostics; 0: no bound).", (0.0, 100.0)),
     "search_turn": ("The turn (rad) a found pose may have right after the loss (the estimate's drift before it).",
                     (0.0, 3.2)),
+    "lost_prior_sigma_m": ("While LOST, the search's starts around the estimate are held near it with this "
+                           "translation sigma (m) and ranked by data + prior cost; the relocaliser's candidates are "
+                           "not held (0: unheld; unheld, a search could walk from look-alike to look-alike).",
+                           (0.0, 0.1)),
+    "lost_prior_sigma_rad": ("... and this rotation sigma (rad) (0: unheld).", (0.0, 3.2)),
     "hypotheses": ("Start hypotheses per frame when tracking (1 = warm start only).", (1, 32)),
     "init_hypotheses": ("Rotated start hypotheses when (re)initialising from /initialpose.", (1, 32)),
     "init_search_radius": ("Centerline starts within this distance (m) of a (re)initialisation pose, held near it "

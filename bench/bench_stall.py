@@ -26,7 +26,8 @@ import numpy as np
 
 import bronchopt_ros.evaluation as ev
 from bronchopt_ros.metrics import is_success
-from bronchopt_ros.pipeline import PipelineConfig, load_default_encoder
+from bronchopt_ros.cli.evaluate import pipeline_from_yaml
+from bronchopt_ros.pipeline import load_default_encoder
 from bronchopt_ros.threads import limit_threads
 
 
@@ -44,11 +45,11 @@ class _StalledSlot(ev._NewestFrameSlot):
             self.busy_until += self.stall
 
 
-def run(args, encoder, stall: float) -> list[tuple]:
+def run(args, encoder, stall: float, cfg) -> list[tuple]:
     _StalledSlot.at, _StalledSlot.stall = args.at, stall
     slot_cls, ev._NewestFrameSlot = ev._NewestFrameSlot, _StalledSlot
     try:
-        records, _, tracker = ev.track_case(args.case, PipelineConfig(), encoder=encoder, progress=False,
+        records, _, tracker = ev.track_case(args.case, cfg, encoder=encoder, progress=False,
                                             realtime=args.realtime, registration_s=args.registration_s,
                                             follow_s=args.follow_s)
     finally:
@@ -66,11 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("--at", type=float, default=2.6, help="seconds into the replay")
     ap.add_argument("--stall", type=float, default=0.27, help="extra seconds of that frame")
     ap.add_argument("--trace", action="store_true", help="print the frames from 0.5 s before to 1.5 s after")
+    ap.add_argument("--config", default=None, help="navigator YAML (default config/navigator.yaml)")
     args = ap.parse_args(argv)
     limit_threads()
-    encoder = load_default_encoder(PipelineConfig())
+    cfg = pipeline_from_yaml(args.config)
+    encoder = load_default_encoder(cfg)
     for stall in (0.0, args.stall):
-        rows = run(args, encoder, stall)
+        rows = run(args, encoder, stall, cfg)
         t0 = rows[0][0]
         err = np.array([p.translation_error(g) * 1e3 for _, p, g, _ in rows])
         ok = np.array([is_success(p, g) for _, p, g, _ in rows])

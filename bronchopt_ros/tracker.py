@@ -103,8 +103,9 @@ class TrackerConfig:
     # pose turned more than search_turn + max_turn_rate x (time since the last trusted frame) from the last
     # trusted pose is refused (a look-alike view rolled ~90 deg down a round bronchus; 0: no bound)
     search_turn: float = 0.8  # rad: the turn allowed right after the loss (the estimate's drift before it)
-    # While LOST the search's registrations are held loosely near the estimate (where it coasts) and
-    # ranked by data + prior cost, as a (re)initialisation is (0: unheld, ranked by data alone).
+    # While LOST the search's starts around the estimate (where it coasts) are held loosely near it
+    # and ranked by data + prior cost, as a (re)initialisation is; the relocaliser's candidates are
+    # registered unheld, so a far place the index found can still win (0: all unheld, ranked by data).
     # Unheld, a search that coasted on one untrusted look-alike searched around it next, and the
     # estimate could walk away from look-alike to look-alike (session 19, kidnap bench: case 2505
     # 45 mm off by its end, LOST for 149 frames; 6 cases, 8 mm / 0.33 rad kick: final error 8.4 ->
@@ -873,7 +874,8 @@ class Tracker:
         """The LOST search's registration: the ``local`` starts (around the estimate) held near the
         estimate by the ``lost_prior_sigma_*`` prior and ranked by data + prior cost; the
         relocaliser's candidates (``reloc``, anywhere within reach) unheld. The more confident of
-        the two results (None: no starts)."""
+        the two results (None: no starts). Three starts in all are refined past the coarsest level
+        (two local and the best candidate when there are both), as one unheld registration did."""
         cfg = self.config
         held = cfg.lost_prior_sigma_m > 0 and cfg.lost_prior_sigma_rad > 0
         if not held:
@@ -881,9 +883,9 @@ class Tracker:
         results = []
         if local:
             prior = PosePrior(self.pose, cfg.lost_prior_sigma_m, cfg.lost_prior_sigma_rad) if held else None
-            results.append(self._register(frame, target, local, keep=3, init=True, prior=prior))
+            results.append(self._register(frame, target, local, keep=2 if reloc else 3, init=True, prior=prior))
         if reloc:
-            results.append(self._register(frame, target, reloc, keep=3, init=True))
+            results.append(self._register(frame, target, reloc, keep=1 if local else 3, init=True))
         return max(results, key=self.confidence) if results else None
 
     def search_starts(self, pose: Pose) -> list[Pose]:

@@ -499,9 +499,10 @@ def test_a_blind_registration_is_trusted_only_when_unambiguous(renderer):
 
 
 def test_lost_search_is_held_near_the_estimate(renderer, monkeypatch):
-    """While LOST the search's registrations carry a prior centred on the estimate (where the
-    tracker coasts) with the configured sigmas, so a search cannot walk from one look-alike to the
-    next (kidnap bench, session 19); 0 sigmas: unheld."""
+    """While LOST the search's starts around the estimate are registered with a prior centred on
+    the estimate (where the tracker coasts) with the configured sigmas, so a search cannot walk
+    from one look-alike to the next (kidnap bench, session 19); 0 sigmas: unheld. (The
+    relocaliser's candidates stay unheld: test_relocalise's far jump.)"""
     import bronchopt_ros.tracker as tracker_mod
 
     def run(cfg):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import threading
 
+import rclpy
 from rclpy.exceptions import InvalidHandle
+from rclpy.executors import ExternalShutdownException
 
 
 class BackgroundSpin:
@@ -52,9 +54,6 @@ class BackgroundSpin:
 def run_node(node_class, args=None) -> int:
     """A node executable's ``main``: cap the math libraries' threads, start rclpy, spin one
     ``node_class()`` until Ctrl-C or shutdown, then destroy it and shut down. Returns 0."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
     from ..threads import limit_threads
 
     limit_threads()

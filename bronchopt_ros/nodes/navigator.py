@@ -49,11 +49,14 @@ STALE_INITIALPOSE_S = 0.5  # a first frame this much newer than its /initialpose
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 TRACKER_DOCS = {
-    "mode": ("Registration objective: 'depth' (encoder log-depth + Gauss-Newton, ~25 frames/s on 2 CPU "
+    "mode": ("Registration objective: 'depth' (encoder log-depth + Gauss-Newton, ~30-40 frames/s on 2 CPU "
              "cores, default), 'features_gn' (the paper's dense-feature similarity solved by Gauss-Newton, "
              "~5 frames/s, more accurate) or 'features' (paper-faithful: similarity + Adam, ~1.4 frames/s).", None),
     "pyramid": ("Solver image widths in pixels, coarse to fine, when tracking (warm start from the odometry).", None),
     "iterations": ("Iteration cap per pyramid level when tracking.", None),
+    "step_tol_m": ("Early stopping when tracking: a solver level ends once an accepted step is shorter than "
+                   "this (m) and step_tol_rad.", (0.0, 0.01)),
+    "step_tol_rad": ("... and this (rad).", (0.0, 0.1)),
     "init_pyramid": ("Solver image widths when (re)initialising, searching while LOST and in the frame-wise "
                      "protocol (starts further from the answer).", None),
     "init_iterations": ("Iteration cap per level of init_pyramid.", None),

@@ -263,13 +263,13 @@ def test_flood_keeps_latency_bounded(ros_context, case):
         assert n >= 5, c
         # Newest wins: the frame the worker takes when it gets free is the newest, which came
         # during the worker's last cycle, so a frame's image-to-pose latency is at most that
-        # cycle plus its own (a cycle: from one pose out to the next) - whatever a cycle costs.
-        # (A queue would be seconds behind by now.)
+        # cycle plus its own (a cycle: from one pose out to the next) - whatever a cycle costs -
+        # plus the message's delivery (100 ms: loaded cores; a queue would be seconds behind).
         lat = np.array(list(nav.lat_img)[-n:])
         out = np.array(list(nav.proc_times)[-(n + 1):])  # (appended with lat_img, one per frame)
         cycles_ms = 1e3 * np.diff(out)
         two_cycles = cycles_ms[1:] + cycles_ms[:-1]
-        assert np.all(lat[1:] < two_cycles + 50), (lat, cycles_ms)
+        assert np.all(lat[1:] < two_cycles + 100), (lat, cycles_ms)
         # ... and the cycles stay bounded: a frame's work plus the skipped frames its odometry
         # follows, which take at most the share s of the gap since the last processed frame
         # (tracker.catch_up_*_share), so a cycle settles near 1 / (1 - s) frames' work. (Single

@@ -74,10 +74,10 @@ class TrackerConfig:
     mode: str = "depth"  # "depth" (encoder depth + GN, default) | "features_gn" (paper's similarity + GN) |
     # "features" (paper-faithful: similarity + Adam)
     # Tracking starts from the odometry's prediction: one 32 px level of at most 3 iterations,
-    # stopped early, suffices (session 21, ten validation procedures: 1.13 mm / 0.055 rad / 98.8 %
-    # against 1.13-1.14 mm / 0.055-0.060 rad / 96.7-98.8 % with (24, 48) / (3, 2), whose spread
-    # is the run-to-run spread of a tiny change; 1.4x the frame rate). Before session 21 two
-    # levels, (24, 48) / (3, 2), and before that (16, 32, 64) / (6, 4, 3).
+    # stopped early, suffices (session 21, ten validation procedures: 1.13 mm / 0.055 rad / 98.2 %
+    # against 1.13-1.14 mm / 0.055-0.060 rad / 96.7-98.8 % with (24, 48) / (3, 2) - the spread
+    # of two runs whose tolerances differ by no estimate's hundredth of a mm - at 1.4x the frame
+    # rate). Before session 21 (24, 48) / (3, 2), and before that (16, 32, 64) / (6, 4, 3).
     pyramid: tuple[int, ...] = (32,)  # solver image widths when tracking, coarse to fine
     iterations: tuple[int, ...] = (3,)  # iteration caps per pyramid level when tracking
     # Early stopping when tracking: a level ends once an accepted step is shorter than both.
@@ -281,10 +281,8 @@ class TrackerConfig:
         pyr, its = (self.init_pyramid, self.init_iterations) if init else (self.pyramid, self.iterations)
         if len(pyr) != len(its):
             raise ValueError(f"pyramid {tuple(pyr)} and iterations {tuple(its)} differ in length")
-        if init:
-            return DepthRegConfig(pyramid=tuple(pyr), iterations=tuple(its))
-        return DepthRegConfig(pyramid=tuple(pyr), iterations=tuple(its), tol_m=self.step_tol_m,
-                              tol_rad=self.step_tol_rad)
+        stop = {} if init else {"tol_m": self.step_tol_m, "tol_rad": self.step_tol_rad}
+        return DepthRegConfig(pyramid=tuple(pyr), iterations=tuple(its), **stop)
 
 
 @dataclass

@@ -99,6 +99,25 @@ def test_register_depth_converges_from_perturbed_start(renderer):
     assert start.translation_error(gt) > 1.5 * MM
 
 
+def test_tracking_registration_stops_early_and_the_initialisation_does_not(renderer):
+    """Tracking's step tolerances end a level once an accepted step is that short: from a start
+    as close as the odometry's prediction, fewer iterations and the same pose within a fraction
+    of the tolerance's distance; (re)initialisation keeps the solver's tight tolerances."""
+    gt = _trachea_path(1)[0]
+    cam = CAM.scaled(64)
+    target = DepthTarget.from_depth(renderer.render(cam, gt).depth, cam)
+    start = Pose(gt.R, gt.t + np.array([0.3, -0.2, 0.4]) * MM).retract([0, 0, 0, 0.01, -0.01, 0.01])
+    tc = TrackerConfig()
+    assert (tc.reg_config().tol_m, tc.reg_config().tol_rad) == (tc.step_tol_m, tc.step_tol_rad)
+    assert tc.reg_config(init=True).tol_m == DepthRegConfig().tol_m < tc.step_tol_m
+    long = DepthRegConfig(pyramid=(32,), iterations=(20,))
+    full = register_depth(renderer, target, [start], long)
+    early = register_depth(renderer, target, [start], replace(long, tol_m=tc.step_tol_m, tol_rad=tc.step_tol_rad))
+    assert early.iterations < full.iterations
+    assert early.pose.translation_error(full.pose) < tc.step_tol_m
+    assert early.pose.rotation_error(full.pose) < tc.step_tol_rad
+
+
 def test_register_once_holds_a_start_given_without_covariance(renderer):
     """The frame-wise protocol's start (no covariance) is held with the configured
     (re)initialisation prior: loose by default, so an exact depth still pulls the pose to the

@@ -266,8 +266,8 @@ def test_flood_keeps_latency_bounded(ros_context, case):
         # cycle plus its own (a cycle: from one pose out to the next) - whatever a cycle costs -
         # plus the message's delivery (100 ms: loaded cores; a queue would be seconds behind).
         lat = np.array(list(nav.lat_img)[-n:])
-        out = np.array(list(nav.proc_times)[-(n + 1):])  # (appended with lat_img, one per frame)
-        cycles_ms = 1e3 * np.diff(out)
+        pose_out = np.array(list(nav.proc_times)[-(n + 1):])  # (appended with lat_img, one per frame)
+        cycles_ms = 1e3 * np.diff(pose_out)
         two_cycles = cycles_ms[1:] + cycles_ms[:-1]
         assert np.all(lat[1:] < two_cycles + 100), (lat, cycles_ms)
         # ... and the cycles stay bounded: a frame's work plus the skipped frames its odometry

@@ -101,8 +101,8 @@ def test_register_depth_converges_from_perturbed_start(renderer):
 
 def test_tracking_registration_stops_early_and_the_initialisation_does_not(renderer):
     """Tracking's step tolerances end a level once an accepted step is that short: from a start
-    as close as the odometry's prediction, fewer iterations and the same pose within a fraction
-    of the tolerance's distance; (re)initialisation keeps the solver's tight tolerances."""
+    as close as the odometry's prediction, fewer iterations and the same pose within the
+    tolerances; (re)initialisation keeps the solver's tight tolerances."""
     gt = _trachea_path(1)[0]
     cam = CAM.scaled(64)
     target = DepthTarget.from_depth(renderer.render(cam, gt).depth, cam)

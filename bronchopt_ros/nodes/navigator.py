@@ -164,7 +164,11 @@ ODOMETRY_DOCS = {
                       (1, 1000)),
     "lk_epsilon": ("... or until its update is below this (px).", (0.0, 1.0)),
     "fb_max_px": ("A corner whose forward-backward track disagrees by more than this (px) is dropped.", (0.0, 100.0)),
-    "ransac_px": ("PnP-RANSAC inlier threshold (px).", (0.1, 20.0)),
+    "ransac_px": ("PnP inlier threshold (px).", (0.1, 20.0)),
+    "pnp_prior_px": ("PnP starts from the predicted motion and fits the tracks within this many px of where it "
+                     "puts them, then those within ransac_px (0: RANSAC always).", (0.0, 100.0)),
+    "pnp_prior_keep": ("... and runs RANSAC too (the fit with more inliers is taken) when the prediction puts "
+                       "fewer than this share of the tracks that near.", (0.0, 1.0)),
     "min_inliers": ("Fewer PnP inliers than this: no odometry for the frame (the full solver runs).", (4, 1000)),
     "max_step_m": ("A larger translation between two frames (m) is implausible: the odometry is rejected.",
                    (0.0, 1.0)),

@@ -11,9 +11,9 @@ weak directions, so the camera's motion is measured from it:
    each search starting where the camera's last velocity (constant, scaled by the time since the
    last processed frame) puts them: a live camera outruns the tracker and frames are skipped, so
    the steps between processed frames vary;
-3. :func:`cv2.solvePnPRansac` + :func:`cv2.solvePnPRefineLM` give the camera's motion since the
-   reference; a new reference is taken every ``keyframe_frames`` frames or when too few corners
-   are left.
+3. PnP (:func:`solve_pnp`: Levenberg-Marquardt from the predicted motion on the tracks near it,
+   RANSAC when the prediction explains too few) gives the camera's motion since the reference; a
+   new reference is taken every ``keyframe_frames`` frames or when too few corners are left.
 
 The tracker moves the last estimate by the step since the last frame (both measured against the
 same reference), starts the registration there and keeps it near (a prior), so the CT corrects
@@ -66,7 +66,7 @@ class OdometryConfig:
     # near (a poor prediction: no velocity yet, a sudden turn), or the fit keeps fewer than
     # min_inliers, does RANSAC run too (EPnP on 5-point samples, 100 at most), and the fit with
     # more inliers is taken. Session 22, 2336 PnP problems captured from four procedures, the
-    # motion against the true one: RANSAC 0.057-0.141 mm / 0.005-0.008 rad mean, 4-5.5 ms; from
+    # motion against the true one: RANSAC 0.057-0.141 mm / 0.005-0.008 rad mean, 3-5.5 ms; from
     # the prediction 0.046-0.106 mm / 0.004-0.006 rad, ~1 ms, RANSAC run on 13 of them (RANSAC's
     # 1 px consensus over 5-point samples picks a noisier set than the prediction's). In a fast
     # advance only 15-30 % of the tracks are within 1 px but 60-80 % within 4: a rule on the 1 px

@@ -181,6 +181,17 @@ class TrackerConfig:
     blind_probe: bool = True
     blind_probe_m: float = 0.002
     blind_probe_rad: float = 0.1
+    # A blind frame within reach whose registration nevertheless moved farther than these from its
+    # start (about the frame-wise medium level, 4 mm / 0.34 rad, where the full solver often lands
+    # on a look-alike) is registered again, held near the start with the reach's sigmas
+    # (blind_probe_m / _rad), and that result is taken (counted: blind_held). Test procedure 3100,
+    # every frame (session 23): in generation 5 the odometry lost its fit once, the camera slow,
+    # and the blind registration turned 27.7 deg to a look-alike 29.6 deg off at confidence 0.68,
+    # which the odometry then carried: 184 frames wrong while TRACKING. Held: 61, 0.115 -> 0.074
+    # rad; probing it instead (LOST when ambiguous) held it LOST 1.6 s, 112 wrong. The slow-core
+    # replays (whose blind frames are out of reach, so probed) are unchanged. 0: no bound.
+    blind_jump_m: float = 0.004
+    blind_jump_rad: float = 0.3
     threads: int = 1  # torch intra-op threads for the solver (1 is fastest for these small problems)
     # Run the encoder on a second thread beside the odometry: the same estimates, ~15 % faster per
     # frame on 2 cores (33 vs 39 ms). It needs a short GIL switch interval (threads.quick_gil_handoff,
@@ -377,6 +388,7 @@ class Tracker:
         self.relocalisations = 0
         self.ambiguous_recoveries = 0  # returns to TRACKING refused: another pose explained the frame as well
         self.blind_lost = 0  # ambiguous blind registrations (the odometry failed) that meant LOST (blind_probe)
+        self.blind_held = 0  # blind registrations within reach that jumped too far, held near their start
         self.turn_refused = 0  # relocalisation results refused as turned too far since the last trusted frame
         self._probe_wait = 0  # frames until the next ambiguity probe while coasting on an ambiguous result
         self._search_cursor = 0  # where the wide search goes on at the next LOST frame
@@ -507,6 +519,7 @@ class Tracker:
         gray = to_gray(frame.rgb) if cfg.odometry else None
         motion = None
         blind = False  # the odometry lost its corners and the camera may have moved out of the solver's reach
+        failed = False  # the odometry lost its reference's corners (not a textureless view)
         coast = None  # the odometry lost its corners: where the camera is at its last velocity
         drift = 0  # skipped frames followed since the last registered one (the prediction's error grows with them)
         # The odometry's reference frame seen from the last processed frame.
@@ -540,6 +553,7 @@ class Tracker:
                 # where the camera would be at its last velocity: the blind registration's start
                 coast = self.pose @ offset @ (last.motion if last is not None else Pose.identity()) @ step
             if motion is None and referenced:
+                failed = True
                 # Blind: registered without the odometry's step (from ``coast`` when a velocity is
                 # known). Maybe out of the solver's reach when the camera, at its last velocity,
                 # moved beyond blind_probe_m / _rad since (unknown velocity: a gap longer than
@@ -592,8 +606,20 @@ class Tracker:
         target = pending.result() if pending is not None else self.predictor(frame)
         # Without the odometry's prediction the start is a whole frame's motion away: full solver.
         reg = self._register(frame, target, starts, prior=prior, init=motion is None)
+        if failed and not blind and self._jumped(reg.pose, starts[0]):
+            # Within reach, yet the solver went far: held near the start instead (blind_jump_m).
+            held = PosePrior(starts[0], cfg.blind_probe_m, cfg.blind_probe_rad)
+            reg = self._register(frame, target, starts[:1], prior=held)
+            self.blind_held += 1
         return self._complete(frame, target, reg, prior, motion, gray, t0, steady=True,
                               blind=blind, coast=coast)
+
+    def _jumped(self, pose: Pose, start: Pose) -> bool:
+        """Whether a blind registration's result ``pose`` moved farther from its ``start`` than
+        ``blind_jump_m`` / ``blind_jump_rad`` (0: no bound)."""
+        cfg = self.config
+        return ((cfg.blind_jump_m > 0 and float(np.linalg.norm(pose.t - start.t)) > cfg.blind_jump_m)
+                or (cfg.blind_jump_rad > 0 and pose.rotation_error(start) > cfg.blind_jump_rad))
 
     def _register_followed(self, f: Frame, offset: Pose, steps: int) -> bool:
         """Register a skipped frame the odometry follows over a long gap (``offset``: its camera

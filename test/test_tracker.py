@@ -517,6 +517,39 @@ def test_a_blind_registration_is_trusted_only_when_unambiguous(renderer):
     tracker.close()
 
 
+def test_a_blind_registration_that_jumps_far_is_held_near_its_start(renderer):
+    """A blind frame within the solver's reach (the camera still, the odometry's corners lost: the
+    wall's texture swapped) whose registration lands farther than blind_jump_rad from its start is
+    registered again held near the start (counted: blind_held): so far off, a look-alike is as
+    likely as the truth (test procedure 3100). At the carina, where the depth sees the roll, a
+    truth rolled 0.45 rad is then refused, and taken with the bound off; a truth rolled 0.15 rad
+    is taken either way."""
+    import cv2
+
+    rng = np.random.default_rng(5)
+
+    def texture():
+        return cv2.GaussianBlur(rng.integers(0, 256, (200, 200, 3)).astype(np.uint8), (0, 0), 2.0)
+
+    view = Pose.look_at(np.array([1.0, 0.5, 20.0]) * MM, (0.0, 0.0, -5 * MM), up=(1.0, 0.0, 0.0))
+    for roll, bound, held in ((0.45, 0.3, True), (0.45, 0.0, False), (0.15, 0.3, False)):
+        rolled = view.retract([0.0, 0.0, 0.0, 0.0, 0.0, roll])
+        truth = {0.0: view, 1 / 30: view, 2 / 30: rolled}
+        cfg = TrackerConfig(pipelined=False, blind_jump_rad=bound, blind_jump_m=0.004 if bound else 0.0)
+        tracker = Tracker(renderer, ExactDepth(renderer, truth), cfg)
+        tracker.initialise(view)
+        seen = texture()
+        results = [tracker.process(Frame(rgb, CAM, s)) for rgb, s in zip((seen, seen, texture()), truth)]
+        assert [r.state for r in results] == [TrackState.TRACKING] * 3, (roll, bound)
+        assert tracker.odometry.last is None and tracker.blind_lost == 0  # blind, within reach: not probed
+        assert tracker.blind_held == int(held), (roll, bound)
+        if held:
+            assert results[2].pose.rotation_error(view) < 0.1, results[2].pose.rotation_error(view)
+        else:
+            assert results[2].pose.rotation_error(rolled) < 0.03, (roll, results[2].pose.rotation_error(rolled))
+        tracker.close()
+
+
 def test_lost_search_is_held_near_the_estimate(renderer, monkeypatch):
     """While LOST the search's starts around the estimate are registered with a prior centred on
     the estimate (where the tracker coasts) with the configured sigmas, so a search cannot walk

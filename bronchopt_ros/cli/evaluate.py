@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                                                  registration_s=args.registration_s, follow_s=args.follow_s)
         metrics = ev.summarise(records)
         metrics["blind_lost"] = int(tracker.blind_lost)  # (blind registrations that meant LOST: blind_probe)
+        metrics["blind_held"] = int(tracker.blind_held)  # (blind registrations held near their start: blind_jump_m)
         metrics["turn_refused"] = int(tracker.turn_refused)  # (search results turned too far: max_turn_rate)
         if args.realtime is not None:
             metrics["realtime_frame_s"] = args.realtime

@@ -118,6 +118,11 @@ TRACKER_DOCS = {
                       "processed frame ...", (0.0, 0.1)),
     "blind_probe_rad": ("... or turned more than this (rad); velocity unknown: a gap over catch_up_gap_s.",
                         (0.0, 3.2)),
+    "blind_jump_m": ("A blind frame within reach whose registration still moved more than this (m) from its start "
+                     "(where the camera's last velocity takes it) is registered again held near that start, with "
+                     "blind_probe_m / _rad as the sigmas (a look-alike is as likely as the truth that far; counted: "
+                     "blind_held in /diagnostics). 0: no bound.", (0.0, 0.1)),
+    "blind_jump_rad": ("... or turned more than this (rad). 0: no bound.", (0.0, 3.2)),
     "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "
                  "1-2 s under a flood of frames published in-process).", None),
@@ -619,6 +624,7 @@ class Navigator(Node):
                     latency_ms_p50=f"{np.percentile(lp, 50):.1f}", latency_ms_p95=f"{np.percentile(lp, 95):.1f}",
                     ambiguous_recoveries=str(getattr(self.tracker, "ambiguous_recoveries", 0)),
                     blind_lost=str(getattr(self.tracker, "blind_lost", 0)),
+                    blind_held=str(getattr(self.tracker, "blind_held", 0)),
                     turn_refused=str(getattr(self.tracker, "turn_refused", 0)),
                     image_publishers=str(self.count_publishers(self._image_sub_topic)),
                     **{k: str(v) for k, v in self.counters.items()})

@@ -188,7 +188,7 @@ class TrackerConfig:
     # every frame (session 23): in generation 5 the odometry lost its fit once, the camera slow,
     # and the blind registration turned 27.7 deg to a look-alike 29.6 deg off at confidence 0.68,
     # which the odometry then carried: 184 frames wrong while TRACKING. Held: 61, 0.115 -> 0.074
-    # rad; probing it instead (LOST when ambiguous) held it LOST 1.6 s, 112 wrong. The slow-core
+    # rad; probing it instead (LOST when ambiguous): 49 frames LOST, 112 wrong. The slow-core
     # replays (whose blind frames are out of reach, so probed) are unchanged. 0: no bound.
     blind_jump_m: float = 0.004
     blind_jump_rad: float = 0.3

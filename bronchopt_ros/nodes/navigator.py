@@ -119,9 +119,9 @@ TRACKER_DOCS = {
     "blind_probe_rad": ("... or turned more than this (rad); velocity unknown: a gap over catch_up_gap_s.",
                         (0.0, 3.2)),
     "blind_jump_m": ("A blind frame within reach whose registration still moved more than this (m) from its start "
-                     "(where the camera's last velocity takes it) is registered again held near that start, with "
-                     "blind_probe_m / _rad as the sigmas (a look-alike is as likely as the truth that far; counted: "
-                     "blind_held in /diagnostics). 0: no bound.", (0.0, 0.1)),
+                     "(where the camera's last velocity takes it, or the last estimate) is registered again held "
+                     "near that start, with blind_probe_m / _rad as the sigmas (a look-alike is as likely as the "
+                     "truth that far; counted: blind_held in /diagnostics). 0: no bound.", (0.0, 0.1)),
     "blind_jump_rad": ("... or turned more than this (rad). 0: no bound.", (0.0, 3.2)),
     "parallel": ("Run the encoder on a second thread beside the visual odometry (same results; ~15 % faster on "
                  "2 cores; lowers the process's GIL switch interval to 0.2 ms, without which single frames took "

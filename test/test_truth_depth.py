@@ -66,6 +66,14 @@ def test_bad_arguments_say_what_is_wrong(case, tmp_path):
         TruthDepth(tmp_path, "ct")
     with pytest.raises(KeyError, match="no true pose"):
         TruthDepth(case, "ct").pose_at(12.345)
+    # A case folder without case.json: the CT's depth is known, the body's motion is not.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("truth.tum", "airway.ply", "airway.ply.centerline.json"):
+        (bare / name).write_bytes((case / name).read_bytes())
+    assert TruthDepth(bare, "ct").kind == "ct"
+    with pytest.raises(FileNotFoundError, match="case.json"):
+        TruthDepth(bare, "body")
 
 
 def test_bench_floor_tracks_with_the_true_depth_and_resumes(case, tmp_path):

@@ -62,6 +62,8 @@ class TruthDepth:
         case = Path(case)
         if not (case / "truth.tum").exists():
             raise FileNotFoundError(f"{case}: no truth.tum (the true depth needs the true poses)")
+        if kind != "ct" and not (case / "case.json").exists():
+            raise FileNotFoundError(f"{case}: no case.json (the {kind!r} depth needs the case's breathing)")
         info = json.loads((case / "case.json").read_text()) if (case / "case.json").exists() else {}
         if airway is None:
             from ..evaluation import load_case_airway

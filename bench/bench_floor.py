@@ -16,11 +16,13 @@ registration can do with exact depth: what is left is the non-rigid motion.
         --framewise data/bench/framewise/case_* --out bench/results/floor.json
 
 Each run (kind x case x protocol) is kept in ``--work`` (default out/floor) and is not run again,
-so an interrupted bench resumes. Remove the folder to start over.
+so an interrupted bench resumes. The folder belongs to one ``--config`` (a different one is
+refused); remove it to start over.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pickle
 import sys
@@ -53,6 +55,21 @@ def _one(case: Path, kind: str, level: str | None, cfg, encoder, work: Path) -> 
     return records
 
 
+def _claim(work: Path, config: str | None) -> None:
+    """Tie ``work`` to the settings its runs were made with: refuse another ``--config``."""
+    text = Path(config).read_text() if config else ""
+    mine = {"config": str(config or ""), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    stamp = work / "settings.json"
+    if stamp.exists():
+        theirs = json.loads(stamp.read_text())
+        if theirs.get("sha256") != mine["sha256"]:
+            sys.exit(f"{work} holds runs made with --config {theirs.get('config') or '(default)'}: "
+                     f"give another --work, or remove it")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(mine))
+
+
 def _row(records: list) -> dict:
     m = ev.summarise(records)
     row = {k: m.get(k) for k in ("frames", "trans_err_mm_mean", "rot_err_rad_mean", "success_rate",
@@ -78,6 +95,7 @@ def main(argv=None) -> int:
     cfg = pipeline_from_yaml(args.config)
     encoder = load_default_encoder(cfg) if "encoder" in args.kinds else None
     work = Path(args.work)
+    _claim(work, args.config)
     protocols = [("tracking", None, [Path(c) for c in args.tracking])] if args.tracking else []
     protocols += [(f"frame-wise {lv}", lv, [Path(c) for c in args.framewise]) for lv in args.levels] \
         if args.framewise else []

@@ -94,3 +94,33 @@ def test_bench_floor_tracks_with_the_true_depth_and_resumes(case, tmp_path):
     assert len(list(work.glob("*.pkl"))) == 2
     assert bench.main(argv) == 0
     assert json.loads(out.read_text())["rows"]["tracking"] == rows
+    # Runs made with other settings are not mixed in: the folder refuses another --config.
+    other = tmp_path / "other.yaml"
+    other.write_text((ROOT / "config" / "navigator.yaml").read_text().replace("lost_after: 5", "lost_after: 6"))
+    with pytest.raises(SystemExit, match="holds runs made with --config"):
+        bench.main(argv + ["--config", str(other)])
+
+
+def test_relight_case_changes_only_the_appearance_setting_given(case, tmp_path):
+    from bronchopt_ros.io.bag import read_case_bag
+
+    spec = importlib.util.spec_from_file_location("relight_case", ROOT / "bench" / "relight_case.py")
+    relight = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(relight)
+
+    def first_image(c):
+        return next(ev.data for ev in read_case_bag(c / "procedure") if ev.kind == "image")
+
+    same, lit = tmp_path / "same", tmp_path / "lit"
+    assert relight.main([str(case), str(same)]) == 0
+    assert relight.main([str(case), str(lit), "--set", "light_offset=0.0015"]) == 0
+    for new in (same, lit):
+        assert (new / "truth.tum").read_text() == (case / "truth.tum").read_text()
+    before, after = (json.loads((c / "case.json").read_text())["appearance"] for c in (case, lit))
+    assert after["light_offset"] == 0.0015
+    assert {k: v for k, v in after.items() if k != "light_offset"} == \
+        {k: v for k, v in before.items() if k != "light_offset"}
+    np.testing.assert_array_equal(first_image(same), first_image(case))
+    assert np.abs(first_image(lit).astype(int) - first_image(case).astype(int)).mean() > 1.0
+    with pytest.raises(SystemExit):
+        relight.main([str(case), str(tmp_path / "bad"), "--set", "no_such_setting=1"])

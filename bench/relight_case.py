@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from bronchopt_ros.sim.appearance import Appearance
 from bronchopt_ros.sim.breathing import BreathingParams
-from bronchopt_ros.sim.case import CaseParams, write_case
+from bronchopt_ros.sim.case import CaseParams, params_from_json, write_case
 
 
 def _anatomy(source: Path, info: dict):
@@ -28,8 +28,7 @@ def _anatomy(source: Path, info: dict):
     if anatomy.get("source") == "generate_anatomy" and anatomy.get("params"):
         from bronchopt_ros.sim.anatomy import AnatomyParams, generate_anatomy
 
-        known = {f.name for f in fields(AnatomyParams)}
-        return generate_anatomy(info["seed"], AnatomyParams(**{k: v for k, v in anatomy["params"].items() if k in known}))
+        return generate_anatomy(info["seed"], params_from_json(AnatomyParams, anatomy["params"]))
     from bronchopt_ros.evaluation import load_case_airway
 
     return load_case_airway(source)
@@ -44,7 +43,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     info = json.loads((Path(args.source) / "case.json").read_text())
     known = {f.name for f in fields(Appearance)}
-    app = {k: tuple(v) if isinstance(v, list) else v for k, v in info["appearance"].items() if k in known}
+    app = asdict(params_from_json(Appearance, info["appearance"]))
     for item in args.set:
         name, _, value = item.partition("=")
         if name not in known or not value:
@@ -55,9 +54,7 @@ def main(argv=None) -> int:
                 type(old)(float(value)) if isinstance(old, (int, float)) else value
         except ValueError:
             ap.error(f"--set {item!r}: {name} takes a number")
-    bp = info.get("breathing")
-    breathing = None if bp is None else BreathingParams(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in bp.items() if k in {f.name for f in fields(BreathingParams)}})
+    breathing = params_from_json(BreathingParams, info["breathing"]) if info.get("breathing") else None
     saved = info.get("params", {})
     params = CaseParams(n_frames=info["frames"], size=info["camera"]["width"], fps=info["fps"], breathing=breathing,
                         starts=bool(saved.get("starts", False)), start_every=int(saved.get("start_every", 5)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from .splits import appearance_domain, check_split, split_of
 from .trajectory import (CenterlineIndex, Trajectory, TrajectoryError, TrajectoryParams, inside_lumen,
                          plan_procedure)
 
-__all__ = ["CaseParams", "CaseResult", "START_LEVELS", "PAPER_CAMERA", "write_case", "make_starts",
+__all__ = ["CaseParams", "CaseResult", "START_LEVELS", "PAPER_CAMERA", "write_case", "make_starts", "params_from_json",
            "case_camera", "frame_stamps_ns"]
 
 #: start error levels of the paper's frame-wise protocol: (translation m, rotation rad)
@@ -89,6 +89,13 @@ def case_camera(size: int = 200) -> Camera:
 def frame_stamps_ns(n: int, fps: float, t0_ns: int = T0_NS) -> np.ndarray:
     """Integer-nanosecond stamps of ``n`` frames at ``fps``."""
     return t0_ns + np.round(np.arange(n) * (1e9 / fps)).astype(np.int64)
+
+
+def params_from_json(cls, d: dict):
+    """Rebuild a settings dataclass (``Appearance``, ``BreathingParams``, ``AnatomyParams``...) from
+    its ``case.json`` entry: lists back to tuples, keys the class does not know dropped."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 
 
 def _jsonable(x: Any) -> Any:

@@ -21,15 +21,16 @@ encoder.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..airway.mesh import Airway
-from ..io.tum import read_tum
+from ..evaluation import _lookup, _truth_by_stamp, load_case_airway
 from ..registration import DepthTarget
 from .breathing import BreathingParams
+from .case import params_from_json
 from .views import Scene
 
 __all__ = ["TruthDepth", "KINDS"]
@@ -41,13 +42,12 @@ def _case_breathing(info: dict, kind: str) -> BreathingParams | None:
     """The case's breathing parameters cut down to what ``kind`` keeps (None: a static body)."""
     if kind == "ct" or not info.get("breathing"):
         return None
-    known = set(asdict(BreathingParams()))
-    b = {k: tuple(v) if isinstance(v, list) else v for k, v in info["breathing"].items() if k in known}
+    b = params_from_json(BreathingParams, info["breathing"])
     if kind == "breathing":
-        b.update(divergence=0.0, static_rotation=0.0, static_shift=0.0)
-    elif kind == "divergence":
-        b.update(amplitude=0.0)
-    return BreathingParams(**b)
+        return replace(b, divergence=0.0, static_rotation=0.0, static_shift=0.0)
+    if kind == "divergence":
+        return replace(b, amplitude=0.0)
+    return b
 
 
 class TruthDepth:
@@ -66,22 +66,18 @@ class TruthDepth:
             raise FileNotFoundError(f"{case}: no case.json (the {kind!r} depth needs the case's breathing)")
         info = json.loads((case / "case.json").read_text()) if (case / "case.json").exists() else {}
         if airway is None:
-            from ..evaluation import load_case_airway
-
             airway = load_case_airway(case)
         self.kind, self.width = kind, int(width)
         self.name = f"truth-depth-{kind}"
         self.scene = Scene.from_airway(airway, _case_breathing(info, kind))
         self.t0 = float(info.get("t0_ns", 0)) * 1e-9  # the simulator's time zero (breathing phase)
-        stamps, poses = read_tum(case / "truth.tum")
-        self._truth = {int(round(s * 1e3)): p for s, p in zip(stamps, poses)}  # key: milliseconds
+        self._truth = _truth_by_stamp(case)
 
     def pose_at(self, stamp: float):
-        k = int(round(stamp * 1e3))
-        for key in (k, k - 1, k + 1):
-            if key in self._truth:
-                return self._truth[key]
-        raise KeyError(f"no true pose within 1 ms of the frame stamped {stamp:.3f} s")
+        pose = _lookup(self._truth, stamp)
+        if pose is None:
+            raise KeyError(f"no true pose within 1 ms of the frame stamped {stamp:.3f} s")
+        return pose
 
     def depth(self, camera, stamp: float) -> np.ndarray:
         """z-depth (m, 0 where no wall is hit) seen at the frame's true pose through ``camera``."""

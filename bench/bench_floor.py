@@ -48,9 +48,6 @@ def _one(case: Path, kind: str, level: str | None, cfg, encoder, work: Path) -> 
         records, _, _ = ev.track_case(case, cfg, encoder=encoder, predictor=predictor, progress=False)
     else:
         records, _, _, _ = ev.framewise_case(case, level, cfg, encoder=encoder, predictor=predictor, progress=False)
-    for r in records:  # (the images are not needed)
-        r.rgb = None
-    key.parent.mkdir(parents=True, exist_ok=True)
     key.write_bytes(pickle.dumps(records))
     return records
 

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     info = json.loads((Path(args.source) / "case.json").read_text())
     known = {f.name for f in fields(Appearance)}
-    app = asdict(params_from_json(Appearance, info["appearance"]))
+    app = asdict(Appearance.from_dict(info["appearance"]))
     for item in args.set:
         name, _, value = item.partition("=")
         if name not in known or not value:

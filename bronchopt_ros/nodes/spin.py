@@ -44,11 +44,27 @@ class BackgroundSpin:
             except InvalidHandle:
                 continue  # a node destroyed mid-turn (module doc); the next turn does not see it
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> list[BaseException]:
+        """End the loop, join it, shut the executor down; returns (and logs) the errors of callbacks
+        that finished after the loop's last turn (a node destroyed under them excepted)."""
         self._stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout_s)
         self.executor.shutdown()
+        return self._unfetched_errors()
+
+    def _unfetched_errors(self) -> list[BaseException]:
+        """A multi-threaded executor fetches a callback's outcome on its next turn; one that finished
+        after the last turn is never fetched, and rclpy prints "The following exception was never
+        retrieved" when the task is collected (at a test's or the process' end). Fetch them here:
+        ``InvalidHandle`` is the node destroyed under its callback at teardown (module doc)."""
+        errors = []
+        for task in list(getattr(self.executor, "_futures", ())):  # MultiThreadedExecutor's (rclpy private)
+            if task.done() and (exc := task.exception()) is not None and not isinstance(exc, InvalidHandle):
+                errors.append(exc)
+        for exc in errors:
+            rclpy.logging.get_logger("bronchopt.spin").error(f"a callback failed at shutdown: {exc!r}")
+        return errors
 
 
 def run_node(node_class, args=None) -> int:

@@ -76,6 +76,29 @@ def test_cli_train_smoke(tmp_path, capsys):
     assert "rank_1mm" in capsys.readouterr().out
 
 
+def test_light_offset_reaches_the_config_and_the_rendered_frames(tmp_path):
+    """``--light-offset MIN MAX`` is kept in train_config.json (so ``--resume`` keeps it) and moves
+    the training frames' light, not their geometry."""
+    from bronchopt_ros.cli import main
+    from bronchopt_ros.encoder.train import WorldFactory
+    from bronchopt_ros.geometry import Camera
+
+    out = tmp_path / "cli"
+    assert main(["train", "--out", str(out), "--source", "toy", "--steps", "1", "--batch-size", "2",
+                 "--input-size", "64", "--workers", "0", "--train-anatomies", "1", "--val-anatomies", "1",
+                 "--val-frames", "2", "--quiet", "--light-offset", "0.001", "0.0014"]) == 0
+    cfg = TrainConfig.from_dict(json.loads((out / "train_config.json").read_text()))
+    assert cfg.light_offset == (0.001, 0.0014)
+    [world] = WorldFactory("sim", (1000,), str(tmp_path / "cache"), True, (1.2e-3, 1.2e-3))()
+    cam = Camera.from_fov(64, 64, 85.0)
+    pose = world.sample_pose(np.random.default_rng(0))
+    lit = world.view(cam, pose, np.random.default_rng(1))
+    world.light_offset = None  # the train domain's own offsets, the same draws otherwise
+    plain = world.view(cam, pose, np.random.default_rng(1))
+    assert np.array_equal(lit["depth"], plain["depth"])
+    assert np.abs(lit["rgb"].astype(int) - plain["rgb"]).mean() > 2.0
+
+
 def test_augmentation_changes_appearance_not_geometry():
     rng = np.random.default_rng(0)
     img = (np.random.default_rng(1).random((64, 64, 3)) * 200).astype(np.uint8)

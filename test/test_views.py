@@ -148,3 +148,17 @@ def test_appearance_domains_disjoint():
     assert Appearance.from_dict(a.to_dict()) == a
     with pytest.raises(ValueError):
         sample_appearance(rng, "other")
+
+
+def test_a_light_offset_range_replaces_only_the_light_offset():
+    """``bronchopt train --light-offset``: a given scope's light guide, every other setting drawn as before."""
+    for domain in ("train", "test"):
+        plain = [sample_appearance(np.random.default_rng(s), domain) for s in range(20)]
+        scope = [sample_appearance(np.random.default_rng(s), domain, (1.0e-3, 1.4e-3)) for s in range(20)]
+        for a, b in zip(plain, scope):
+            assert 1.0e-3 <= b.light_offset <= 1.4e-3
+            assert {k: v for k, v in b.to_dict().items() if k != "light_offset"} == \
+                {k: v for k, v in a.to_dict().items() if k != "light_offset"}
+    for bad in ((1e-3, 0.5e-3), (-1e-4, 1e-3), (0.0, 0.02)):
+        with pytest.raises(ValueError, match="light_offset"):
+            sample_appearance(np.random.default_rng(0), "train", bad)

@@ -57,6 +57,9 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
                    help="weight of the depth-ranking loss (the tracker's SI objective, true vs perturbed poses) [%(default)s]")
     p.add_argument("--illumination", type=float, default=d.p_illumination,
                    help="share of frames given an uneven illumination field (augmentation) [%(default)s]")
+    p.add_argument("--light-offset", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="light guide offsets from the lens (m) of the training frames, for a given scope "
+                        "(default: the train appearance domain's 0-0.6 mm)")
     p.add_argument("--backbone", default="unet", help="'unet' (ours) or a timm model name")
     p.add_argument("--backbone-weights", default=None, help="local weights file of the timm backbone")
     p.add_argument("--install", action="store_true",
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                           init=args.init, warmup=args.warmup, n_perturb=args.n_perturb,
                           trans_m=tuple(args.trans_range), rot_rad=tuple(args.rot_range),
                           w_drank=args.depth_rank_weight, p_illumination=args.illumination,
+                          light_offset=tuple(args.light_offset) if args.light_offset else None,
                           model=ModelConfig(backbone=args.backbone, backbone_weights=args.backbone_weights),
                           progress=not args.quiet)
     res = train(cfg, resume=args.resume)

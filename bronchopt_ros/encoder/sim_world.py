@@ -67,6 +67,7 @@ class SimWorld:
     cache_dir: str | None = None
     breathing: bool = True
     p_static: float = 0.25
+    light_offset: tuple[float, float] | None = None  # m: replaces the domain's range (sample_appearance)
     name: str = ""
     scene: object = field(init=False, repr=False)
 
@@ -95,7 +96,7 @@ class SimWorld:
         from ..sim.appearance import sample_appearance
         from ..sim.views import render_view
 
-        app = sample_appearance(rng, domain)
+        app = sample_appearance(rng, domain, self.light_offset)
         scene = self.scene
         t = 0.0
         if scene.breathing is not None and rng.random() >= self.p_static:

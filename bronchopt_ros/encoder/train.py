@@ -54,6 +54,7 @@ class WorldFactory:
     seeds: tuple[int, ...] = (1000,)
     cache_dir: str | None = None  # anatomies are cached here (sim)
     breathing: bool = True
+    light_offset: tuple[float, float] | None = None  # m: the training frames' light guide offsets (sim)
 
     def __call__(self) -> list:
         if self.source == "toy":
@@ -63,7 +64,8 @@ class WorldFactory:
         if self.source == "sim":
             from .sim_world import SimWorld
 
-            return [SimWorld(int(s), cache_dir=self.cache_dir, breathing=self.breathing) for s in self.seeds]
+            return [SimWorld(int(s), cache_dir=self.cache_dir, breathing=self.breathing,
+                             light_offset=self.light_offset) for s in self.seeds]
         raise ValueError(f"unknown data source {self.source!r}")
 
 
@@ -111,6 +113,9 @@ class TrainConfig:
     tau_drank: float = 0.01
     n_pixels: int = 128
     p_illumination: float = 0.0  # share of frames given an uneven illumination field (augment.py)
+    # the training frames' light guide offsets (min, max in m); None: the train domain's 0-0.6 mm.
+    # Validation keeps each domain's own (its figures stay comparable between runs).
+    light_offset: tuple[float, float] | None = None
     queue_size: int = 512
     model: ModelConfig = field(default_factory=ModelConfig)
     progress: bool = True
@@ -124,8 +129,8 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["model"] = ModelConfig.from_dict(d.get("model", {}))
-        for k in ("train_seeds", "val_seeds", "trans_m", "rot_rad"):
-            if k in d:
+        for k in ("train_seeds", "val_seeds", "trans_m", "rot_rad", "light_offset"):
+            if d.get(k) is not None:
                 d[k] = tuple(d[k])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -346,7 +351,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
     val = make_val_set(cfg)
-    factory = WorldFactory(cfg.source, cfg.train_seeds, str(out / "cache"), cfg.breathing)
+    factory = WorldFactory(cfg.source, cfg.train_seeds, str(out / "cache"), cfg.breathing, cfg.light_offset)
     pc = PairConfig(size=cfg.input_size, n_perturb=cfg.n_perturb, domain="train", trans_m=cfg.trans_m,
                     rot_rad=cfg.rot_rad, augment=AugmentConfig(p_illumination=cfg.p_illumination))
     ds = PairDataset(factory, pc, cfg.seed, start=step)

@@ -110,10 +110,16 @@ def _hsv(h_deg: float, s: float, v: float) -> tuple[float, float, float]:
     return (float(r), float(g), float(b))
 
 
-def sample_appearance(rng: np.random.Generator, domain: str = "train") -> Appearance:
-    """A random appearance of ``domain`` (``train``, ``test`` or ``any``); see the module doc."""
+def sample_appearance(rng: np.random.Generator, domain: str = "train",
+                      light_offset: tuple[float, float] | None = None) -> Appearance:
+    """A random appearance of ``domain`` (``train``, ``test`` or ``any``); see the module doc.
+
+    ``light_offset`` (min, max in m) replaces the domain's range of the light guide's offset (a
+    given bronchoscope's geometry); every other setting is drawn exactly as without it."""
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got '{domain}'")
+    if light_offset is not None and not 0.0 <= light_offset[0] <= light_offset[1] < 0.01:
+        raise ValueError(f"light_offset must be (min, max) with 0 <= min <= max < 0.01 m, got {light_offset}")
     if domain == "any":
         domain = "train" if rng.random() < 0.5 else "test"
     test = domain == "test"
@@ -146,7 +152,7 @@ def sample_appearance(rng: np.random.Generator, domain: str = "train") -> Appear
         light_power=u(0.5, 2.0),
         falloff=u(1.8, 2.2),
         ambient=u(0.005, 0.05),
-        light_offset=u(0.8e-3, 1.5e-3) if test else u(0.0, 0.6e-3),
+        light_offset=u(*light_offset) if light_offset is not None else u(0.8e-3, 1.5e-3) if test else u(0.0, 0.6e-3),
         vignetting=u(0.15, 0.6),
         white_balance=(u(0.92, 1.08), 1.0, u(0.92, 1.08)),
         autogain_target=u(0.65, 0.9),

@@ -9,6 +9,14 @@ For each weights file (``shipped`` = the package's) the cases are tracked offlin
 row (with its airway generations) per weights file; writes both to OUT/compare.json (``by_case``). Make validation cases
 with ``bronchopt sim case --seed 25xx --frames 900 --no-starts`` (``--start-every 36`` for
 frame-wise ones).
+
+The tracker amplifies tiny differences: on the ten validation cases any small change of the solver
+or the encoder moves the mean rotation by ~0.005 rad and the frames wrong while TRACKING by tens
+(docs/performance-notes.md, sessions 21-25). ``--repeats K`` tracks every case K times, the first
+from its /initialpose, the others from it moved by a random ``--jitter`` (0.2 mm and 0.005 rad by
+default; the same moves for every weights file, so the comparison is paired), and prints each
+weights file's pooled figures as mean +- standard deviation over the repeats, and the paired
+differences from the first weights file: a difference within a standard deviation is the spread.
 """
 from __future__ import annotations
 
@@ -16,6 +24,30 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+
+import numpy as np
+
+SPREAD_KEYS = ("trans_err_mm_mean", "rot_err_rad_mean", "success_rate", "wrong_while_tracking", "deep_rot_rad")
+
+
+def jitters(repeats: int, n_cases: int, trans_m: float, rot_rad: float) -> np.ndarray:
+    """(repeats, n_cases, 6) moves of each case's /initialpose: none in the first repeat, then a
+    random direction of length ``trans_m`` and one of ``rot_rad`` (seeded: the same every run)."""
+    rng = np.random.default_rng(20261206)
+    xi = np.zeros((repeats, n_cases, 6))
+    for r in range(1, repeats):
+        for c in range(n_cases):
+            v, w = rng.normal(size=3), rng.normal(size=3)
+            xi[r, c] = np.r_[trans_m * v / np.linalg.norm(v), rot_rad * w / np.linalg.norm(w)]
+    return xi
+
+
+def spread_figures(m: dict) -> dict:
+    """The pooled figures compared over repeats (generations 5+ where the cases reach them)."""
+    deep = m.get("by_generation", {}).get("generations 5+", {})
+    return {"trans_err_mm_mean": m["trans_err_mm_mean"], "rot_err_rad_mean": m["rot_err_rad_mean"],
+            "success_rate": m["success_rate"], "wrong_while_tracking": m.get("wrong_while_tracking", 0),
+            "deep_rot_rad": deep.get("rot_err_rad_mean", float("nan"))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,28 +61,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--framewise", choices=["easy", "medium", "hard"], default=None)
     ap.add_argument("--config", default=None, help="navigator YAML (default config/navigator.yaml)")
+    ap.add_argument("--repeats", type=int, default=1, help="track each case this many times (tracking only) [1]")
+    ap.add_argument("--jitter", type=float, nargs=2, default=(2e-4, 5e-3), metavar=("M", "RAD"),
+                    help="the repeats' moves of the /initialpose [0.0002 m, 0.005 rad]")
     args = ap.parse_args(argv)
+    if args.repeats < 1 or (args.repeats > 1 and args.framewise):
+        ap.error("--repeats: at least 1, and only for tracking")
+    xis = jitters(args.repeats, len(args.cases), *args.jitter)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {}
+    result, spread = {}, {}
     for w in args.weights:
         cfg = dataclasses.replace(pipeline_from_yaml(args.config), encoder_weights="" if w == "shipped" else w)
         encoder = load_default_encoder(cfg)
-        recs, starts, tracker, by_case = [], [], None, {}
-        for case in args.cases:
-            if args.framewise:
-                r, s, _, tracker = ev.framewise_case(case, args.framewise, cfg, encoder=encoder, progress=False)
-                starts += s
-                m = ev.framewise_metrics(r, s, tracker)
-            else:
-                r, _, _ = ev.track_case(case, cfg, encoder=encoder, progress=False)
-                m = ev.summarise(r)
-            recs += r
-            by_case[Path(case).name] = m
-            print(f"{w} {Path(case).name}: {len(r)} frames, {m['trans_err_mm_mean']:.2f} mm, "
-                  f"{m['rot_err_rad_mean']:.3f} rad, {100 * m['success_rate']:.1f} %", flush=True)
-        result[w] = ev.framewise_metrics(recs, starts, tracker) if args.framewise else ev.summarise(recs)
-        result[w]["by_case"] = by_case
+        spread[w] = []
+        for rep in range(args.repeats):
+            recs, starts, tracker, by_case = [], [], None, {}
+            for ci, case in enumerate(args.cases):
+                if args.framewise:
+                    r, s, _, tracker = ev.framewise_case(case, args.framewise, cfg, encoder=encoder, progress=False)
+                    starts += s
+                    m = ev.framewise_metrics(r, s, tracker)
+                else:
+                    r, _, _ = ev.track_case(case, cfg, encoder=encoder, progress=False,
+                                            init_xi=xis[rep, ci] if rep else None)
+                    m = ev.summarise(r)
+                recs += r
+                by_case[Path(case).name] = m
+                print(f"{w} {Path(case).name}{f' (repeat {rep})' if args.repeats > 1 else ''}: {len(r)} frames, "
+                      f"{m['trans_err_mm_mean']:.2f} mm, {m['rot_err_rad_mean']:.3f} rad, "
+                      f"{100 * m['success_rate']:.1f} %", flush=True)
+            pooled = ev.framewise_metrics(recs, starts, tracker) if args.framewise else ev.summarise(recs)
+            if rep == 0:
+                result[w] = pooled
+                result[w]["by_case"] = by_case
+            spread[w].append(spread_figures(pooled) if not args.framewise else {})
     print("\n| weights | frames | mm | rad | success | wrong while tracking |\n| --- | --- | --- | --- | --- | --- |")
     for w, m in result.items():
         print(f"| {w} | {m['frames']} | {m['trans_err_mm_mean']:.2f} | {m['rot_err_rad_mean']:.3f} | "
@@ -58,8 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         for g, v in m.get("by_generation", {}).items():
             print(f"|   {g} | {v['frames']} | {v['trans_err_mm_mean']:.2f} | {v['rot_err_rad_mean']:.3f} | "
                   f"{100 * v['success_rate']:.1f} % | |")
+    if args.repeats > 1:
+        print(f"\nOver {args.repeats} repeats (mean +- sd; paired difference from {args.weights[0]}):")
+        print("| weights | " + " | ".join(SPREAD_KEYS) + " |\n|" + " --- |" * (len(SPREAD_KEYS) + 1))
+        base = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[args.weights[0]]], float)
+        for w in args.weights:
+            a = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[w]], float)
+            cells = [f"{a[:, i].mean():.4g} +- {a[:, i].std(ddof=1):.2g}" for i in range(len(SPREAD_KEYS))]
+            print(f"| {w} | " + " | ".join(cells) + " |")
+            if w != args.weights[0]:
+                d = a - base
+                print(f"| {w} - {args.weights[0]} | " + " | ".join(
+                    f"{d[:, i].mean():+.4g} +- {d[:, i].std(ddof=1):.2g}" for i in range(len(SPREAD_KEYS))) + " |")
     (out / "compare.json").write_text(json.dumps({"cases": args.cases, "framewise": args.framewise,
-                                                  "results": result}, indent=1, default=float))
+                                                  "results": result, "repeats": spread,
+                                                  "jitter": list(args.jitter) if args.repeats > 1 else None},
+                                                 indent=1, default=float))
     return 0
 
 

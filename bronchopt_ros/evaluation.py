@@ -79,8 +79,12 @@ def _lookup(table: dict[int, Pose], stamp: float) -> Pose | None:
 
 def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None, progress: bool = True,
                keep_frames: int = 0, predictor=None, max_frames: int | None = None, on_result=None,
-               realtime: float | None = None, registration_s: float | None = None, follow_s: float | None = None):
+               realtime: float | None = None, registration_s: float | None = None, follow_s: float | None = None,
+               init_xi: np.ndarray | None = None):
     """Continuous tracking over every frame of ``case``'s bag, from its /initialpose.
+
+    ``init_xi`` (6: v in m, w in rad, camera frame) moves that /initialpose by ``pose.retract``:
+    runs that differ only by a tiny ``init_xi`` show how far the outcome spreads.
 
     ``realtime``: replay as the node sees a live camera instead of every frame: while the tracker
     is busy the frames queue in a one-slot buffer (the newest wins), so frames are skipped. The
@@ -132,7 +136,8 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
         if ev.kind == "camera_info":
             camera = ev.data
         elif ev.kind == "initialpose":
-            tracker.initialise(ev.data, ev.covariance)
+            tracker.initialise(ev.data if init_xi is None else ev.data.retract(np.asarray(init_xi, float)),
+                               ev.covariance)
         elif ev.kind == "image":
             if camera is None:
                 errors.append(f"image at {ev.stamp_ns} ns before any camera_info: skipped")

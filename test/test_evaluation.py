@@ -228,3 +228,35 @@ def test_the_demo_procedures_fast_advance_holds_on_modelled_busy_cores(tmp_path)
         worst[share] = max(advance)
     assert cfg.tracker.catch_up_fast_share > 0.5
     assert worst[cfg.tracker.catch_up_fast_share] < 5e-3 < worst[0.5], worst
+
+
+def test_compare_weights_repeats_from_jittered_initial_poses(evaluated, tmp_path):
+    """bench/compare_weights.py --repeats: the first repeat is the plain run (the same poses as
+    ``bronchopt eval``), the others start from the /initialpose moved by the given jitter (seeded,
+    paired across weights files), and the spread over repeats is written and printed."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_weights", Path(__file__).resolve().parents[1] / "bench" / "compare_weights.py")
+    cw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cw)
+    xi = cw.jitters(3, 2, 2e-4, 5e-3)
+    assert np.array_equal(xi[0], np.zeros((2, 6))) and np.array_equal(xi, cw.jitters(3, 2, 2e-4, 5e-3))
+    assert np.allclose(np.linalg.norm(xi[1:, :, :3], axis=-1), 2e-4)
+    assert np.allclose(np.linalg.norm(xi[1:, :, 3:], axis=-1), 5e-3)
+
+    case, out = evaluated
+    assert cw.main(["--weights", "shipped", "--cases", str(case), "--out", str(tmp_path), "--repeats", "2",
+                    "--jitter", "0.001", "0.02"]) == 0
+    res = json.loads((tmp_path / "compare.json").read_text())
+    plain = json.loads((out / "metrics.json").read_text())
+    reps = res["repeats"]["shipped"]
+    assert len(reps) == 2 and res["jitter"] == [0.001, 0.02]
+    assert reps[0]["trans_err_mm_mean"] == pytest.approx(plain["trans_err_mm_mean"], abs=1e-9)
+    assert reps[1]["trans_err_mm_mean"] != reps[0]["trans_err_mm_mean"]  # started elsewhere
+    with pytest.raises(SystemExit):
+        cw.main(["--weights", "shipped", "--cases", str(case), "--out", str(tmp_path), "--repeats", "2",
+                 "--framewise", "easy"])

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             if rep == 0:
                 result[w] = pooled
                 result[w]["by_case"] = by_case
-            spread[w].append(spread_figures(pooled) if not args.framewise else {})
+            if not args.framewise:
+                spread[w].append(spread_figures(pooled))
     print("\n| weights | frames | mm | rad | success | wrong while tracking |\n| --- | --- | --- | --- | --- | --- |")
     for w, m in result.items():
         print(f"| {w} | {m['frames']} | {m['trans_err_mm_mean']:.2f} | {m['rot_err_rad_mean']:.3f} | "

@@ -40,7 +40,7 @@ import cv2  # noqa: E402
 
 from bronchopt_ros.airway import Airway  # noqa: E402
 from bronchopt_ros.cli.evaluate import pipeline_from_yaml  # noqa: E402
-from bronchopt_ros.evaluation import _lookup, _truth_by_stamp, load_case_airway  # noqa: E402
+from bronchopt_ros.evaluation import load_case_airway, pose_at_stamp, truth_by_stamp  # noqa: E402
 from bronchopt_ros.io.bag import read_case_bag  # noqa: E402
 from bronchopt_ros.pipeline import build_tracker, load_default_encoder, prepare_frame  # noqa: E402
 
@@ -85,7 +85,7 @@ def run(airway, cfg, encoder, cam, init, frames, truth, size: int | None = None)
         res = tracker.process(frame)
         if k > 0:  # the first frame is the (re)initialisation search
             times.append(time.perf_counter() - t0)
-        gt = _lookup(truth, stamp)
+        gt = pose_at_stamp(truth, stamp)
         if res.pose is not None and gt is not None:
             errs.append(res.pose.translation_error(gt) * 1e3)
     tracker.close()
@@ -121,7 +121,7 @@ def main() -> int:
     cfg.relocalisation = False  # startup cost only; not part of the per-frame cost
     encoder = load_default_encoder(cfg)
     cam, init, frames = load_events(case, args.frames)
-    truth = _truth_by_stamp(case)
+    truth = truth_by_stamp(case)
     base = load_case_airway(case)
     rows_img = []
     for s in args.sizes:

@@ -22,7 +22,7 @@ from .pipeline import PipelineConfig, build_tracker, prepare_frame
 from .skipped_frames import SkippedFrames
 from .tracker import ReplayClock, TrackState
 
-__all__ = ["FrameRecord", "track_case", "framewise_case", "summarise", "LEVELS"]
+__all__ = ["FrameRecord", "track_case", "framewise_case", "summarise", "LEVELS", "truth_by_stamp", "pose_at_stamp"]
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -65,14 +65,16 @@ def _label_generations(records: list[FrameRecord], airway) -> None:
         r.generation = int(g)
 
 
-def _truth_by_stamp(case: Path) -> dict[int, Pose]:
+def truth_by_stamp(case: Path) -> dict[int, Pose]:
+    """A case's true poses (``truth.tum``) keyed by their stamps in milliseconds ({} if none)."""
     if not (case / "truth.tum").exists():
         return {}
     stamps, poses = read_tum(case / "truth.tum")
     return {int(round(t * 1e3)): p for t, p in zip(stamps, poses)}  # key: milliseconds
 
 
-def _lookup(table: dict[int, Pose], stamp: float) -> Pose | None:
+def pose_at_stamp(table: dict[int, Pose], stamp: float) -> Pose | None:
+    """The pose of ``table`` (:func:`truth_by_stamp`) within 1 ms of ``stamp`` (s), or None."""
     k = int(round(stamp * 1e3))
     return table.get(k, table.get(k - 1, table.get(k + 1)))
 
@@ -113,7 +115,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
     if realtime is not None and realtime > 0:
         tracker.clock = ReplayClock(realtime if registration_s is None else registration_s,
                                     realtime / 3 if follow_s is None else follow_s)
-    truth = _truth_by_stamp(case)
+    truth = truth_by_stamp(case)
     records: list[FrameRecord] = []
     errors: list[str] = []
     camera: Camera | None = None
@@ -136,8 +138,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
         if ev.kind == "camera_info":
             camera = ev.data
         elif ev.kind == "initialpose":
-            tracker.initialise(ev.data if init_xi is None else ev.data.retract(np.asarray(init_xi, float)),
-                               ev.covariance)
+            tracker.initialise(ev.data if init_xi is None else ev.data.retract(init_xi), ev.covariance)
         elif ev.kind == "image":
             if camera is None:
                 errors.append(f"image at {ev.stamp_ns} ns before any camera_info: skipped")
@@ -178,7 +179,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                 res.time_s = max(0.0, res.time_s - tracker.index_build_s)
             if on_result is not None:
                 on_result(tracker, frame, res)
-            gt = _lookup(truth, frame.stamp)
+            gt = pose_at_stamp(truth, frame.stamp)
             keep = keep_frames > 0
             rec = FrameRecord(frame.stamp, res.pose, gt, int(res.state), res.confidence, res.time_s, res.iterations,
                               frame.rgb if keep else None, frame.camera if keep else None, latency_s)
@@ -285,7 +286,7 @@ def framewise_case(case: str | Path, level: str, cfg: PipelineConfig | None = No
     tracker = build_tracker(airway, cfg, encoder=encoder, predictor=predictor)
     s_stamps, s_poses = read_tum(sfile)
     starts = {int(round(t * 1e3)): p for t, p in zip(s_stamps, s_poses)}
-    truth = _truth_by_stamp(case)
+    truth = truth_by_stamp(case)
     records, used_starts, errors = [], [], []
     camera = None
     bar = _bar(progress, f"frame-wise {level}", total=len(starts))
@@ -295,14 +296,14 @@ def framewise_case(case: str | Path, level: str, cfg: PipelineConfig | None = No
         elif ev.kind == "camera_info":
             camera = ev.data
         elif ev.kind == "image" and camera is not None:
-            start = _lookup(starts, ev.stamp_s)
+            start = pose_at_stamp(starts, ev.stamp_s)
             if start is None:
                 continue
             frame = prepare_frame(ev.data, camera, ev.stamp_s)
             t0 = time.perf_counter()
             reg, conf = tracker.register_once(frame, start)
             dt = time.perf_counter() - t0
-            records.append(FrameRecord(frame.stamp, reg.pose, _lookup(truth, frame.stamp),
+            records.append(FrameRecord(frame.stamp, reg.pose, pose_at_stamp(truth, frame.stamp),
                                        int(TrackState.TRACKING), conf, dt, reg.iterations))
             used_starts.append(start)
             if bar is not None:

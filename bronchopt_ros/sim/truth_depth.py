@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..airway.mesh import Airway
-from ..evaluation import _lookup, _truth_by_stamp, load_case_airway
+from ..evaluation import load_case_airway, pose_at_stamp, truth_by_stamp
 from ..registration import DepthTarget
 from .breathing import BreathingParams
 from .case import params_from_json
@@ -71,10 +71,10 @@ class TruthDepth:
         self.name = f"truth-depth-{kind}"
         self.scene = Scene.from_airway(airway, _case_breathing(info, kind))
         self.t0 = float(info.get("t0_ns", 0)) * 1e-9  # the simulator's time zero (breathing phase)
-        self._truth = _truth_by_stamp(case)
+        self._truth = truth_by_stamp(case)
 
     def pose_at(self, stamp: float):
-        pose = _lookup(self._truth, stamp)
+        pose = pose_at_stamp(self._truth, stamp)
         if pose is None:
             raise KeyError(f"no true pose within 1 ms of the frame stamped {stamp:.3f} s")
         return pose

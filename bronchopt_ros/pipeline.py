@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .geometry import Camera
+from .lighting import LightCompensator, LightingConfig
 from .odometry import OdometryConfig
 from .registration import DepthTarget
 from .render.base import make_renderer
@@ -34,25 +35,37 @@ class PipelineConfig:
     relocalisation_cache: str = ""  # directory keeping built indices (one file per airway + encoder); empty: none
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
+    lighting: LightingConfig = field(default_factory=LightingConfig)  # the scope light's offset, compensated
 
 
 class EncoderDepthPredictor:
-    """The encoder's depth head as the tracker's :class:`~bronchopt_ros.tracker.DepthPredictor`."""
+    """The encoder's depth head as the tracker's :class:`~bronchopt_ros.tracker.DepthPredictor`.
 
-    def __init__(self, encoder):
+    With a ``lighting`` compensator the frame is re-lit to an on-axis light first
+    (:mod:`bronchopt_ros.lighting`), from the depth of the last frame the tracker registered
+    (:meth:`registered`)."""
+
+    def __init__(self, encoder, lighting: LightCompensator | None = None):
         self.encoder = encoder
         self.name = getattr(encoder, "backend_name", "torch")
+        self.lighting = lighting if lighting is not None and lighting.active else None
 
     def __call__(self, frame: Frame) -> DepthTarget:
+        rgb = frame.rgb if self.lighting is None else self.lighting(frame.rgb, frame.stamp)
         with torch.no_grad():  # (not inference_mode: paper mode differentiates through the similarity)
             # The global embedding only when relocalising (made on demand: ~10 % of the encoder).
-            out = self.encoder.encode_rgb(frame.rgb, embedding=False)
+            out = self.encoder.encode_rgb(rgb, embedding=False)
         ld = out.log_depth.float().cpu()
         h, w = ld.shape[-2:]
         conf = out.confidence.float().cpu() if out.confidence is not None else torch.ones_like(ld)
         return DepthTarget(ld.reshape(h, w), conf.reshape(h, w).clamp(0, 1), frame.camera.scaled(w, h),
                            features=out.features, embedding=out.embedding,
                            embed=lambda: self.encoder.embed_rgb(out))
+
+    def registered(self, frame: Frame, target: DepthTarget, pose, renderer) -> None:
+        """The tracker registered ``frame`` confidently at ``pose`` (the lighting's next depth)."""
+        if self.lighting is not None:
+            self.lighting.registered(frame.rgb, frame.stamp, target.log_depth.numpy(), target.camera, pose, renderer)
 
 
 def load_default_encoder(cfg: PipelineConfig):
@@ -67,7 +80,8 @@ def build_tracker(airway, cfg: PipelineConfig, encoder=None, predictor=None, rel
     renderer = make_renderer(airway, backend=cfg.renderer_backend,
                              device=None if cfg.device == "cpu" else cfg.device)
     if predictor is None:
-        predictor = EncoderDepthPredictor(encoder if encoder is not None else load_default_encoder(cfg))
+        predictor = EncoderDepthPredictor(encoder if encoder is not None else load_default_encoder(cfg),
+                                          LightCompensator(cfg.lighting))
     if relocaliser is None and cfg.relocalisation and getattr(airway, "centerline", None) is not None \
             and hasattr(predictor, "encoder"):
         relocaliser = _index_relocaliser(renderer, predictor.encoder, airway, cfg.relocalisation_cache)

@@ -60,7 +60,9 @@ class Frame:
 
 
 class DepthPredictor(Protocol):
-    """Anything that turns a frame into a :class:`DepthTarget` (the encoder's depth head)."""
+    """Anything that turns a frame into a :class:`DepthTarget` (the encoder's depth head). It may
+    also have ``registered(frame, target, pose, renderer)``, called after each confidently
+    registered frame (the encoder's lighting compensation learns from it)."""
 
     name: str
 
@@ -733,6 +735,9 @@ class Tracker:
             self._trusted_stamp = frame.stamp
             if not fold:
                 self.prev_pose, self.pose = (None if relocalised else self.pose), reg.pose
+            registered = getattr(self.predictor, "registered", None)
+            if registered is not None:  # (e.g. the lighting compensation's depth for the next frame)
+                registered(frame, target, reg.pose, self.renderer)
         elif not fold:
             # Not trustworthy: keep the last trusted pose as the warm start (coast), no motion model.
             # (Pipelined, the estimate has moved on with the odometry already and keeps it.)

@@ -51,6 +51,7 @@ def pipeline_from_yaml(path: str | Path | None, mode: str | None = None):
     """PipelineConfig from the navigator's YAML (the same settings the node uses)."""
     import yaml
 
+    from ..lighting import LightingConfig
     from ..odometry import OdometryConfig
     from ..pipeline import PipelineConfig
     from ..tracker import TrackerConfig
@@ -63,9 +64,10 @@ def pipeline_from_yaml(path: str | Path | None, mode: str | None = None):
         tr["mode"] = mode
     tcfg = TrackerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in tr.items()})
     ocfg = OdometryConfig(**params.get("odometry", {}))
+    lcfg = LightingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.get("lighting", {}).items()})
     keys = ("renderer_backend", "encoder_backend", "encoder_weights", "encoder_input_size", "device", "relocalisation",
             "relocalisation_cache")
-    return PipelineConfig(tracker=tcfg, odometry=ocfg, **{k: params[k] for k in keys if k in params})
+    return PipelineConfig(tracker=tcfg, odometry=ocfg, lighting=lcfg, **{k: params[k] for k in keys if k in params})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from ..geometry import Camera, Pose
 from ..io import ros_convert as rc
 from ..io.image import ImageConversionError, msg_to_rgb8, numpy_to_image
+from ..lighting import LightingConfig
 from ..pipeline import PipelineConfig, build_tracker, load_default_encoder, prepare_frame
 from ..skipped_frames import SkippedFrames
 from ..odometry import OdometryConfig
@@ -157,6 +158,24 @@ TRACKER_DOCS = {
                          (0.0, 10.0)),
 }
 
+LIGHTING_DOCS = {
+    "mode": ("The scope light's offset beside the lens, compensated before the encoder: auto (estimated from the "
+             "tracked video), fixed (light_offset_mm) or none.", None),
+    "light_offset_mm": ("(x, y) mm of the light beside the lens in the camera frame (x right, y down); mode fixed.",
+                        None),
+    "gamma": ("The camera's encoding gamma (the frame is decoded to linear intensity with it).", (1.0, 3.0)),
+    "shrink": ("Share of the estimated offset applied (auto; over-estimates hurt more than under-estimates).",
+               (0.0, 1.0)),
+    "max_offset_mm": ("The estimate's candidate lights lie within this radius of the lens (mm).", (0.1, 10.0)),
+    "grid_mm": ("Spacing of the estimate's candidate grid (mm).", (0.05, 2.0)),
+    "min_frames": ("Samples the estimate needs before it is applied.", (1, 100000)),
+    "every": ("Confidently tracked frames between two samples of the estimate.", (1, 1000)),
+    "width": ("Resolution (px) of a sample: the CT rendered at the frame's pose.", (8, 256)),
+    "pixels": ("At most this many of a sample's pixels are used (evenly spread).", (16, 65536)),
+    "narrow_mm": ("Only views whose median wall distance is below this (mm) are re-lit and sampled (in wider "
+                  "airways the offset barely shows).", (0.5, 100.0)),
+}
+
 ODOMETRY_DOCS = {
     "max_corners": ("Corners followed by the visual odometry (Shi-Tomasi, in the reference frame).", (12, 5000)),
     "grid": ("The corners are spread over grid x grid cells of the image, an equal share each (1: anywhere).",
@@ -236,7 +255,8 @@ class Navigator(Node):
                                    "Directory keeping relocalisation indices (one file per airway and encoder; "
                                    "a build takes ~35 s on 2 cores, loading ms). Empty: rebuild every start."),
             tracker=declare_dataclass(self, "tracker", TrackerConfig(), TRACKER_DOCS),
-            odometry=declare_dataclass(self, "odometry", OdometryConfig(), ODOMETRY_DOCS))
+            odometry=declare_dataclass(self, "odometry", OdometryConfig(), ODOMETRY_DOCS),
+            lighting=declare_dataclass(self, "lighting", LightingConfig(), LIGHTING_DOCS))
 
         # ---- state shared between callbacks (executor thread) and the worker thread
         self._lock = threading.Condition()
@@ -604,6 +624,11 @@ class Navigator(Node):
         return "ready" if index.ready else ("building" if self._index_thread is not None and
                                             self._index_thread.is_alive() else "not built")
 
+    def _lighting_state(self) -> str:
+        """The scope light's compensation (bronchopt_ros/lighting.py), for the diagnostics."""
+        lighting = getattr(getattr(self.tracker, "predictor", None), "lighting", None)
+        return lighting.describe() if lighting is not None else "none"
+
     def rate_hz(self) -> float:
         if len(self.proc_times) < 2:
             return 0.0
@@ -627,6 +652,7 @@ class Navigator(Node):
                     blind_held=str(getattr(self.tracker, "blind_held", 0)),
                     turn_refused=str(getattr(self.tracker, "turn_refused", 0)),
                     image_publishers=str(self.count_publishers(self._image_sub_topic)),
+                    lighting=self._lighting_state(),
                     **{k: str(v) for k, v in self.counters.items()})
         d.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray()

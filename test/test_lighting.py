@@ -1,0 +1,137 @@
+"""The scope light's compensation (bronchopt_ros/lighting.py) on the simulator's own image model:
+re-lighting with the true geometry undoes an off-axis light, the estimator finds the light from
+frames and the CT, and the compensator re-lights from a registered frame's depth only when it is
+recent."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_sim import small_airway, small_camera
+
+from bronchopt_ros.cli.evaluate import pipeline_from_yaml
+from bronchopt_ros.lighting import (LightCompensator, LightEstimator, LightingConfig, irradiance_ratio,
+                                    normals_from_points, relight)
+from bronchopt_ros.render.base import make_renderer
+from bronchopt_ros.sim.appearance import Appearance
+from bronchopt_ros.sim.trajectory import sample_lumen_poses
+from bronchopt_ros.sim.views import Scene, render_view
+
+
+@pytest.fixture(scope="module")
+def airway():
+    return small_airway()
+
+
+@pytest.fixture(scope="module")
+def scene(airway):
+    return Scene.from_airway(airway)
+
+
+@pytest.fixture(scope="module")
+def poses(airway):
+    return sample_lumen_poses(airway, np.random.default_rng(5), 8)
+
+
+# no noise, blur or vignetting: what is left is the light and the albedo
+APP = Appearance(shot_noise=0.0, read_noise=0.0, blur_sigma=0.0, vignetting=0.0, specular_strength=0.0,
+                 ambient=0.0, gamma=2.2)
+
+
+def _light(offset_m: float, angle_deg: float) -> np.ndarray:
+    a = np.radians(angle_deg)
+    return np.array([np.cos(a), np.sin(a), 0.0]) * offset_m
+
+
+def test_relight_with_the_true_geometry_undoes_an_off_axis_light(scene, poses):
+    cam = small_camera(64)
+    errors = []
+    for pose in poses[:4]:
+        gain = render_view(scene, cam, pose, APP, np.random.default_rng(0)).gain
+        axis = render_view(scene, cam, pose, APP, np.random.default_rng(0), gain=gain)
+        off = render_view(scene, cam, pose, replace(APP, light_offset=1.5e-3, light_angle=30.0),
+                          np.random.default_rng(0), gain=gain)
+        m = axis.mask
+        points = cam.rays() * off.depth[..., None]
+        rho = np.where(m, irradiance_ratio(points, normals_from_points(points), _light(1.5e-3, 30.0)), 1.0)
+        relit = relight(off.rgb, rho, APP.gamma)
+
+        def err(img):  # relative error of the luma, the gain matched (relight keeps the 99th percentile)
+            a, b = img.astype(float).mean(-1)[m], axis.rgb.astype(float).mean(-1)[m]
+            return np.abs(a * np.median(b / np.maximum(a, 1)) - b).mean() / b.mean()
+
+        errors.append((err(off.rgb), err(relit)))
+    before, after = np.array(errors).T
+    assert before.mean() > 0.04  # the offset light changes the picture (~6 % of the luma here)...
+    # ... and re-lighting takes out a good part of it in every view (what stays: the shading
+    # normals' relief on the rings, which the depth does not show)
+    assert np.all(after < before) and after.mean() < 0.7 * before.mean()
+
+
+def test_relight_is_the_identity_for_an_on_axis_light():
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    assert np.array_equal(relight(rgb, np.ones((8, 10), np.float32)), rgb)
+    points = np.random.default_rng(1).normal(size=(5, 5, 3)) * 1e-3 + [0, 0, 5e-3]
+    assert np.allclose(irradiance_ratio(points, normals_from_points(points), np.zeros(3)), 1.0)
+
+
+@pytest.mark.parametrize("offset_mm, angle", [(1.2, 90.0), (1.2, 200.0), (0.0, 0.0)])
+def test_estimator_finds_the_light_from_frames_and_the_ct(scene, poses, offset_mm, angle):
+    """Frames under a known light, the CT's geometry at their poses: the estimate lands within
+    about two grid steps (0.6 mm) of the light, in any direction, and near the lens for an on-axis
+    light."""
+    cam = small_camera(32)
+    app = replace(APP, light_offset=offset_mm * 1e-3, light_angle=angle)
+    est = LightEstimator(LightingConfig(min_frames=len(poses), narrow_mm=100.0))  # (every view sampled)
+    for i, pose in enumerate(poses):
+        v = render_view(scene, cam, pose, app, np.random.default_rng(i))
+        points = cam.rays() * v.depth[..., None]
+        est.add(v.rgb.mean(-1) / 255.0, points, v.normals, v.mask)
+    found = est.estimate()
+    assert found is not None
+    assert np.linalg.norm(found - _light(offset_mm * 1e-3, angle)) < 0.6e-3
+
+
+def test_compensator_relights_from_a_recent_registered_depth(airway, scene, poses):
+    cam = small_camera(64)
+    renderer = make_renderer(airway, "cpu")
+    pose = poses[0]
+    v = render_view(scene, cam, pose, replace(APP, light_offset=1.2e-3), np.random.default_rng(0))
+    log_depth = np.log(np.where(v.mask, v.depth, 1.0)) + 3.0  # the encoder's: any offset
+    fixed = LightCompensator(LightingConfig(mode="fixed", light_offset_mm=(1.2, 0.0), narrow_mm=100.0))
+    assert np.array_equal(fixed(v.rgb, 0.0), v.rgb)  # nothing registered yet: as it is
+    fixed.registered(v.rgb, 0.0, log_depth, cam, pose, renderer)
+    depth, _, _ = fixed._depth
+    assert np.allclose(depth[v.mask], v.depth[v.mask], rtol=0.05)  # made metric by the CT at the pose
+    relit = fixed(v.rgb, 0.033)
+    assert relit.shape == v.rgb.shape and np.abs(relit.astype(int) - v.rgb).mean() > 2
+    assert fixed.relit == 1
+    assert np.array_equal(fixed(v.rgb, 0.5), v.rgb)  # a depth 0.5 s old: the view has changed
+    # a view wider than narrow_mm (median wall distance) is left as it is, and not sampled
+    wide = LightCompensator(LightingConfig(mode="fixed", light_offset_mm=(1.2, 0.0), narrow_mm=0.5))
+    wide.registered(v.rgb, 0.0, log_depth, cam, pose, renderer)
+    assert np.array_equal(wide(v.rgb, 0.033), v.rgb) and wide.relit == 0
+    est = LightEstimator(LightingConfig(narrow_mm=0.5))
+    assert not est.add(v.rgb.mean(-1) / 255.0, cam.rays() * v.depth[..., None], v.normals, v.mask)
+    # auto: nothing applied before the estimate has its frames
+    auto = LightCompensator(LightingConfig(mode="auto", min_frames=1000, narrow_mm=100.0))
+    auto.registered(v.rgb, 0.0, log_depth, cam, pose, renderer)
+    assert np.array_equal(auto(v.rgb, 0.033), v.rgb) and auto.estimator.frames == 1
+    assert auto.describe() == "auto: no estimate yet (1 of 1000 narrow views sampled)"
+    assert fixed.describe() == "fixed: light at (1.20, 0.00) mm, 1 frames re-lit"
+
+
+def test_lighting_config_is_checked_and_read_from_the_navigator_yaml(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        LightingConfig(mode="off")
+    with pytest.raises(ValueError, match="light_offset_mm"):
+        LightingConfig(light_offset_mm=(np.nan, 0.0))
+    assert pipeline_from_yaml(None).lighting == LightingConfig()  # the shipped YAML: the defaults
+    src = Path(__file__).parents[1] / "config" / "navigator.yaml"
+    text = src.read_text().replace("mode: auto                   # auto", "mode: fixed                  # auto")
+    text = text.replace("light_offset_mm: [0.0, 0.0]", "light_offset_mm: [1.0, -0.5]")
+    (tmp_path / "nav.yaml").write_text(text)
+    cfg = pipeline_from_yaml(tmp_path / "nav.yaml").lighting
+    assert cfg.mode == "fixed" and cfg.light_offset_mm == (1.0, -0.5)

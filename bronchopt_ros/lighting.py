@@ -58,6 +58,7 @@ class LightingConfig:
     max_offset_mm: float = 2.5  # candidates of the estimate lie within this radius
     grid_mm: float = 0.25  # spacing of the candidate grid
     min_frames: int = 20  # frames the estimate needs before it is used
+    max_frames: int = 200  # ... and after which it is kept (no more samples: their cost ends)
     every: int = 3  # frames between two samples of the estimate (confidently tracked frames)
     width: int = 32  # px: resolution of the estimate's samples
     pixels: int = 256  # at most this many of a sample's pixels are used (evenly spread)
@@ -204,7 +205,8 @@ class LightCompensator:
         is also a sample of the light's estimate."""
         cfg = self.config
         small = camera.scaled(cfg.width)
-        sample = self.estimator is not None and self._count % max(cfg.every, 1) == 0
+        sample = (self.estimator is not None and self.estimator.frames < cfg.max_frames
+                  and self._count % max(cfg.every, 1) == 0)
         self._count += 1
         r = renderer.render(small, pose, normals=sample)
         valid = r.valid.cpu().numpy()

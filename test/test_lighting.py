@@ -120,6 +120,11 @@ def test_compensator_relights_from_a_recent_registered_depth(airway, scene, pose
     auto.registered(v.rgb, 0.0, log_depth, cam, pose, renderer)
     assert np.array_equal(auto(v.rgb, 0.033), v.rgb) and auto.estimator.frames == 1
     assert auto.describe() == "auto: no estimate yet (1 of 1000 narrow views sampled)"
+    # the estimate is kept after max_frames samples (their cost ends)
+    kept = LightCompensator(LightingConfig(mode="auto", min_frames=1, max_frames=2, every=1, narrow_mm=100.0))
+    for k in range(4):
+        kept.registered(v.rgb, 0.033 * k, log_depth, cam, pose, renderer)
+    assert kept.estimator.frames == 2 and kept.estimator.estimate() is not None
     assert fixed.describe() == "fixed: light at (1.20, 0.00) mm, 1 frames re-lit"
 
 

@@ -208,6 +208,8 @@ class LightCompensator:
         sample = (self.estimator is not None and self.estimator.frames < cfg.max_frames
                   and self._count % max(cfg.every, 1) == 0)
         self._count += 1
+        if not sample and not np.any(self.light):
+            return  # (no light to compensate yet: the depth is not needed, only the estimate's samples)
         r = renderer.render(small, pose, normals=sample)
         valid = r.valid.cpu().numpy()
         if valid.mean() < 0.3:

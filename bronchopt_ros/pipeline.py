@@ -67,6 +67,11 @@ class EncoderDepthPredictor:
         if self.lighting is not None:
             self.lighting.registered(frame.rgb, frame.stamp, target.log_depth.numpy(), target.camera, pose, renderer)
 
+    def idle(self) -> None:
+        """Time to spare before the next frame: the lighting's work for the last registered frame."""
+        if self.lighting is not None:
+            self.lighting.idle()
+
 
 def load_default_encoder(cfg: PipelineConfig):
     from .encoder import EncoderConfig, load_encoder

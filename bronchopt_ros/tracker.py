@@ -62,7 +62,8 @@ class Frame:
 class DepthPredictor(Protocol):
     """Anything that turns a frame into a :class:`DepthTarget` (the encoder's depth head). It may
     also have ``registered(frame, target, pose, renderer)``, called after each confidently
-    registered frame (the encoder's lighting compensation learns from it)."""
+    registered frame (the encoder's lighting compensation learns from it), and ``idle()``, called
+    by :meth:`Tracker.prepare_next` when there is time before the next frame."""
 
     name: str
 
@@ -785,9 +786,13 @@ class Tracker:
 
     def prepare_next(self) -> None:
         """What the next frame needs and this moment can do before it comes (a worker waiting for
-        frames calls it after publishing): the odometry's reference update (~4-5 ms when renewed).
-        Otherwise :meth:`process` does it first, beside the next frame's encoder."""
+        frames calls it after publishing): the odometry's reference update (~4-5 ms when renewed)
+        and the predictor's (the lighting's: ~1-3 ms). Otherwise :meth:`process` (the predictor)
+        does it first, beside the next frame's encoder."""
         self._update_odometry_reference()
+        idle = getattr(self.predictor, "idle", None)
+        if idle is not None:
+            idle()
 
     def _update_odometry_reference(self) -> None:
         """The deferred end of the last frame: keep or renew the odometry's reference frame."""

@@ -12,7 +12,7 @@ import pytest
 from fixtures_sim import small_airway, small_camera
 
 from bronchopt_ros.cli.evaluate import pipeline_from_yaml
-from bronchopt_ros.lighting import (LightCompensator, LightEstimator, LightingConfig, irradiance_ratio,
+from bronchopt_ros.lighting import (LightCompensator, LightEstimator, LightingConfig, irradiance, irradiance_ratio,
                                     normals_from_points, relight)
 from bronchopt_ros.render.base import make_renderer
 from bronchopt_ros.sim.appearance import Appearance
@@ -94,6 +94,22 @@ def test_estimator_finds_the_light_from_frames_and_the_ct(scene, poses, offset_m
     assert np.linalg.norm(found - _light(offset_mm * 1e-3, angle)) < 0.6e-3
 
 
+def test_estimator_costs_are_the_spread_of_log_intensity_over_log_irradiance(scene, poses):
+    """The estimator's product form of the costs equals the plain one, from :func:`irradiance`."""
+    cam = small_camera(32)
+    cfg = LightingConfig(narrow_mm=100.0, pixels=100)
+    est = LightEstimator(cfg)
+    v = render_view(scene, cam, poses[1], replace(APP, light_offset=1e-3), np.random.default_rng(1))
+    points, gray = cam.rays() * v.depth[..., None], v.rgb.mean(-1) / 255.0
+    assert est.add(gray, points, v.normals, v.mask)
+    m = v.mask & (gray > 0.02) & (gray < 0.98)
+    idx = np.flatnonzero(m)[np.linspace(0, m.sum() - 1, 100).astype(int)]
+    P, N, g = points.reshape(-1, 3)[idx], v.normals.reshape(-1, 3)[idx], gray.reshape(-1)[idx]
+    for k in (0, len(est.candidates) // 2, len(est.candidates) - 1):
+        r = cfg.gamma * np.log(g) - np.log(irradiance(P, N, est.candidates[k].astype(float)))
+        assert est.cost[k] == pytest.approx(np.minimum(np.abs(r - np.median(r)), 1.0).mean(), rel=1e-4)
+
+
 def test_compensator_relights_from_a_recent_registered_depth(airway, scene, poses):
     cam = small_camera(64)
     renderer = make_renderer(airway, "cpu")
@@ -103,6 +119,7 @@ def test_compensator_relights_from_a_recent_registered_depth(airway, scene, pose
     fixed = LightCompensator(LightingConfig(mode="fixed", light_offset_mm=(1.2, 0.0), narrow_mm=100.0))
     assert np.array_equal(fixed(v.rgb, 0.0), v.rgb)  # nothing registered yet: as it is
     fixed.registered(v.rgb, 0.0, log_depth, cam, pose, renderer)
+    fixed.idle()  # (its work: what the node does after publishing; else the next frame does it)
     depth, _, _ = fixed._depth
     assert np.allclose(depth[v.mask], v.depth[v.mask], rtol=0.05)  # made metric by the CT at the pose
     relit = fixed(v.rgb, 0.033)
@@ -126,6 +143,27 @@ def test_compensator_relights_from_a_recent_registered_depth(airway, scene, pose
         kept.registered(v.rgb, 0.033 * k, log_depth, cam, pose, renderer)
     assert kept.estimator.frames == 2 and kept.estimator.estimate() is not None
     assert fixed.describe() == "fixed: light at (1.20, 0.00) mm, 1 frames re-lit"
+
+
+def test_a_registered_frames_work_waits_for_idle_time_or_the_next_frame(airway, scene, poses):
+    """The node does the registered frame's work (a render, the estimate's sample) between frames
+    (``idle``); without that time the next frame does it first: the same frames out either way."""
+    cam = small_camera(64)
+    renderer = make_renderer(airway, "cpu")
+    cfg = LightingConfig(mode="auto", min_frames=2, every=1, narrow_mm=100.0)
+    with_idle, without = LightCompensator(cfg), LightCompensator(cfg)
+    for k, pose in enumerate(poses[:4]):
+        v = render_view(scene, cam, pose, replace(APP, light_offset=1.5e-3), np.random.default_rng(k))
+        log_depth = np.log(np.where(v.mask, v.depth, 1.0))
+        a, b = with_idle(v.rgb, 0.033 * k), without(v.rgb, 0.033 * k)
+        assert np.array_equal(a, b)
+        with_idle.registered(v.rgb, 0.033 * k, log_depth, cam, pose, renderer)
+        without.registered(v.rgb, 0.033 * k, log_depth, cam, pose, renderer)
+        assert with_idle.estimator.frames == without.estimator.frames == k  # (the work waits...)
+        with_idle.idle()
+        assert with_idle.estimator.frames == k + 1  # (... for the idle time)
+    assert with_idle.relit == without.relit == 2  # (the estimate had its two samples after two frames)
+    assert np.array_equal(with_idle.light, without.light) and np.any(with_idle.light)
 
 
 def test_lighting_config_is_checked_and_read_from_the_navigator_yaml(tmp_path):

@@ -43,8 +43,9 @@ import cv2
 import numpy as np
 
 from .geometry import Camera
+from .metrics import normals_from_depth
 
-__all__ = ["LightingConfig", "irradiance", "normals_from_points", "irradiance_ratio", "relight",
+__all__ = ["LightingConfig", "irradiance", "irradiance_ratio", "relight",
            "LightEstimator", "LightCompensator"]
 
 log = logging.getLogger(__name__)
@@ -85,14 +86,6 @@ def irradiance(points: np.ndarray, normals: np.ndarray, light: np.ndarray) -> np
     d = np.maximum(np.linalg.norm(to_light, axis=-1), 2e-4)
     cos = np.clip((normals * to_light).sum(-1) / d, 0.05, 1.0)
     return cos / d**2
-
-
-def normals_from_points(points: np.ndarray) -> np.ndarray:
-    """Unit normals (H, W, 3) of a depth map's camera-frame points (H, W, 3), towards the camera."""
-    n = np.cross(np.gradient(points, axis=1), np.gradient(points, axis=0))
-    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-    facing = (n * points).sum(-1, keepdims=True) > 0
-    return np.where(facing, -n, n)
 
 
 def irradiance_ratio(points: np.ndarray, normals: np.ndarray, light: np.ndarray) -> np.ndarray:
@@ -225,8 +218,9 @@ class LightCompensator:
         depth, cam, at = self._depth
         if np.median(depth[depth > 0]) > self.config.narrow_mm * 1e-3:
             return None
+        normals, valid, _ = normals_from_depth(depth, cam)
         points = cam.rays() * depth[..., None]
-        return np.where(depth > 0, irradiance_ratio(points, normals_from_points(points), light), 1.0), at
+        return np.where(valid, irradiance_ratio(points, normals, light), 1.0), at
 
     def registered(self, rgb: np.ndarray, stamp: float, log_depth: np.ndarray, camera: Camera, pose, renderer) -> None:
         """A confidently registered frame: its encoder log-depth (any offset) on ``camera``'s grid,

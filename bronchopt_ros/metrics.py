@@ -69,25 +69,18 @@ def disparity_similarity(depth, depth_ref, mask=None) -> float:
 
 
 def normals_from_depth(depth, camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit normals (H, W, 3) of the surface a z-depth map sees (camera frame, forward
-    differences of the back-projected points, right/down neighbours), their validity (H, W)
-    (the pixel and both neighbours valid) and the 3D gradient magnitude (H, W)."""
+    """Unit normals (H, W, 3) of the surface a z-depth map sees (camera frame, towards the camera,
+    as the renderer's; central differences of the back-projected points, one-sided at the image
+    border), their validity (H, W) (the pixel and its four neighbours valid) and the 3D gradient
+    magnitude (H, W)."""
     z = _np(depth)
     ok = np.isfinite(z) & (z > 0)
-    z = np.where(ok, z, 0.0)
-    P = camera.rays(np.float64) * z[..., None]
-    Px = np.zeros_like(P)
-    Py = np.zeros_like(P)
-    Px[:, :-1] = P[:, 1:] - P[:, :-1]
-    Py[:-1] = P[1:] - P[:-1]
-    n = np.cross(Px, Py)
+    P = camera.rays(np.float64) * np.where(ok, z, 0.0)[..., None]
+    Px, Py = np.gradient(P, axis=1), np.gradient(P, axis=0)
+    n = np.cross(Py, Px)  # (image x right, y down: towards the camera)
     norm = np.linalg.norm(n, axis=-1)
-    valid = ok.copy()
-    valid[:, :-1] &= ok[:, 1:]
-    valid[:-1] &= ok[1:]
-    valid[:, -1] = False
-    valid[-1] = False
-    valid &= norm > 0
+    okp = np.pad(ok, 1, mode="edge")
+    valid = ok & okp[:-2, 1:-1] & okp[2:, 1:-1] & okp[1:-1, :-2] & okp[1:-1, 2:] & (norm > 0)
     n = np.where(valid[..., None], n / np.maximum(norm, 1e-300)[..., None], 0.0)
     grad = np.linalg.norm(Px, axis=-1) + np.linalg.norm(Py, axis=-1)
     return n, valid, grad

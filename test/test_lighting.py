@@ -13,7 +13,8 @@ from fixtures_sim import small_airway, small_camera
 
 from bronchopt_ros.cli.evaluate import pipeline_from_yaml
 from bronchopt_ros.lighting import (LightCompensator, LightEstimator, LightingConfig, irradiance, irradiance_ratio,
-                                    normals_from_points, relight)
+                                    relight)
+from bronchopt_ros.metrics import normals_from_depth
 from bronchopt_ros.render.base import make_renderer
 from bronchopt_ros.sim.appearance import Appearance
 from bronchopt_ros.sim.trajectory import sample_lumen_poses
@@ -55,7 +56,8 @@ def test_relight_with_the_true_geometry_undoes_an_off_axis_light(scene, poses):
                           np.random.default_rng(0), gain=gain)
         m = axis.mask
         points = cam.rays() * off.depth[..., None]
-        rho = np.where(m, irradiance_ratio(points, normals_from_points(points), _light(1.5e-3, 30.0)), 1.0)
+        normals, valid, _ = normals_from_depth(np.where(m, off.depth, 0.0), cam)
+        rho = np.where(valid, irradiance_ratio(points, normals, _light(1.5e-3, 30.0)), 1.0)
         relit = relight(off.rgb, rho, APP.gamma)
 
         def err(img):  # relative error of the luma, the gain matched (relight keeps the 99th percentile)
@@ -73,8 +75,11 @@ def test_relight_with_the_true_geometry_undoes_an_off_axis_light(scene, poses):
 def test_relight_is_the_identity_for_an_on_axis_light():
     rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     assert np.array_equal(relight(rgb, np.ones((8, 10), np.float32)), rgb)
-    points = np.random.default_rng(1).normal(size=(5, 5, 3)) * 1e-3 + [0, 0, 5e-3]
-    assert np.allclose(irradiance_ratio(points, normals_from_points(points), np.zeros(3)), 1.0)
+    cam = small_camera(8)
+    depth = np.random.default_rng(1).uniform(3e-3, 6e-3, (cam.height, cam.width))
+    normals, valid, _ = normals_from_depth(depth, cam)
+    assert valid.all()
+    assert np.allclose(irradiance_ratio(cam.rays() * depth[..., None], normals, np.zeros(3)), 1.0)
 
 
 @pytest.mark.parametrize("offset_mm, angle", [(1.2, 90.0), (1.2, 200.0), (0.0, 0.0)])

@@ -77,7 +77,7 @@ def test_masks_and_invalid_pixels(scene):
     assert disparity_similarity(holes, d) == pytest.approx(1.0)
     assert math.isnan(disparity_similarity(np.zeros_like(d), d))
     n, valid, _ = normals_from_depth(holes, cam)
-    assert not valid[9:20, 10:20].any() and not valid[10:20, 9:20].any() and valid[9, 9] and valid[30, 30]
+    assert not valid[9:21, 10:20].any() and not valid[10:20, 9:21].any() and valid[9, 9] and valid[30, 30]
     assert np.allclose(np.linalg.norm(n[valid], axis=-1), 1.0)
     # torch input works the same
     assert disparity_similarity(torch.tensor(noisy), torch.tensor(d)) == pytest.approx(disparity_similarity(noisy, d))
@@ -92,8 +92,8 @@ def test_normals_from_depth_of_a_plane():
     rays = cam.rays(np.float64)
     z = -0.05 / (rays @ nrm)
     n, valid, _ = normals_from_depth(z, cam)
-    assert valid.sum() == 39 * 29
-    np.testing.assert_allclose(np.abs(n[valid] @ nrm), 1.0, atol=1e-9)
+    assert valid.all()  # (one-sided differences at the border)
+    np.testing.assert_allclose(n[valid] @ nrm, 1.0, atol=1e-9)  # towards the camera
 
 
 def test_pose_errors_and_stats():

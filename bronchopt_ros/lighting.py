@@ -166,9 +166,10 @@ class LightCompensator:
     pose); :meth:`__call__` re-lights the next frame from that frame's encoder depth.
 
     What a registered frame costs (its depth made metric, a sample of the estimate, the irradiance
-    ratio for the next frame: a 32 px render and ~2-6 ms) is done by :meth:`idle` when the caller has time between frames (the node, after
-    publishing), else first thing in the next :meth:`__call__`: the same work in the same order
-    either way, so the outputs do not depend on the timing."""
+    ratio for the next frame: a 32 px render and ~2-5 ms) is done by :meth:`idle` when the caller
+    has time between frames (the node, after publishing), else first thing in the next
+    :meth:`__call__`: the same work in the same order either way, so the outputs do not depend on
+    the timing."""
 
     def __init__(self, config: LightingConfig | None = None):
         self.config = cfg = config or LightingConfig()

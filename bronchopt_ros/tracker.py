@@ -787,7 +787,7 @@ class Tracker:
     def prepare_next(self) -> None:
         """What the next frame needs and this moment can do before it comes (a worker waiting for
         frames calls it after publishing): the odometry's reference update (~4-5 ms when renewed)
-        and the predictor's (the lighting's: ~1-3 ms). Otherwise :meth:`process` (the predictor)
+        and the predictor's (the lighting's: ~1-5 ms). Otherwise :meth:`process` (the predictor)
         does it first, beside the next frame's encoder."""
         self._update_odometry_reference()
         idle = getattr(self.predictor, "idle", None)

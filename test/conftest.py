@@ -29,6 +29,23 @@ def spin_until(executor, predicate, timeout: float = 10.0, step: float = 0.02) -
     return bool(predicate())
 
 
+@pytest.fixture(scope="module")
+def airway():
+    """The simulator's small lumen (:func:`fixtures_sim.small_airway`, once per module); a module
+    that needs another airway defines its own ``airway``."""
+    from fixtures_sim import small_airway
+
+    return small_airway()
+
+
+@pytest.fixture(scope="module")
+def scene(airway):
+    """The simulator's scene of ``airway``, a static body (no breathing)."""
+    from bronchopt_ros.sim.views import Scene
+
+    return Scene.from_airway(airway)
+
+
 @pytest.fixture
 def ros_context():
     """A fresh, initialised rclpy context (shut down after the test)."""

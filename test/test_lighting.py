@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_sim import small_airway, small_camera
+from fixtures_sim import small_camera
 
 from bronchopt_ros.cli.evaluate import pipeline_from_yaml
 from bronchopt_ros.lighting import (LightCompensator, LightEstimator, LightingConfig, irradiance, irradiance_ratio,
@@ -18,17 +18,7 @@ from bronchopt_ros.metrics import normals_from_depth
 from bronchopt_ros.render.base import make_renderer
 from bronchopt_ros.sim.appearance import Appearance
 from bronchopt_ros.sim.trajectory import sample_lumen_poses
-from bronchopt_ros.sim.views import Scene, render_view
-
-
-@pytest.fixture(scope="module")
-def airway():
-    return small_airway()
-
-
-@pytest.fixture(scope="module")
-def scene(airway):
-    return Scene.from_airway(airway)
+from bronchopt_ros.sim.views import render_view
 
 
 @pytest.fixture(scope="module")

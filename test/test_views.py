@@ -5,23 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fixtures_render import moller_trumbore
-from fixtures_sim import small_airway, small_camera
+from fixtures_sim import small_camera
 
 from bronchopt_ros.render.raycast import Raycaster
 from bronchopt_ros.sim.appearance import Appearance, sample_appearance
 from bronchopt_ros.sim.breathing import Breathing, BreathingParams
 from bronchopt_ros.sim.trajectory import plan_procedure, sample_lumen_poses
 from bronchopt_ros.sim.views import Scene, View, render_view
-
-
-@pytest.fixture(scope="module")
-def airway():
-    return small_airway()
-
-
-@pytest.fixture(scope="module")
-def scene(airway):
-    return Scene.from_airway(airway)
 
 
 @pytest.fixture(scope="module")

@@ -202,6 +202,38 @@ def test_tracker_follows_a_procedure(renderer):
     assert off.wait_for_newer(0.025, period, busy_s=0.03) == 0.0
 
 
+def test_the_predictor_hears_of_registered_frames_and_of_idle_time(renderer):
+    """The tracker tells its predictor of each confidently registered frame (the lighting learns
+    from it) and, through prepare_next (the node calls it after publishing), of idle time."""
+
+    class Listening(ExactDepth):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.calls = []
+
+        def registered(self, frame, target, pose, renderer_):
+            assert renderer_ is renderer and target.camera.width == self.size
+            self.calls.append(("registered", frame.stamp, pose.translation_error(self.truth[frame.stamp])))
+
+        def idle(self):
+            self.calls.append(("idle",))
+
+    poses = _trachea_path(6)
+    stamps = [k / 30.0 for k in range(len(poses))]
+    predictor = Listening(renderer, dict(zip(stamps, poses)))
+    tracker = Tracker(renderer, predictor, TrackerConfig(), centerline=_y_centerline())
+    tracker.initialise(poses[0])
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    for s in stamps:
+        tracker.process(Frame(rgb, CAM, s))
+        tracker.prepare_next()
+    tracker.close()
+    kinds = [c[0] for c in predictor.calls]
+    assert kinds == ["registered", "idle"] * len(stamps)  # (each frame registered confidently here)
+    assert [c[1] for c in predictor.calls if c[0] == "registered"] == stamps
+    assert max(c[2] for c in predictor.calls if c[0] == "registered") < 0.5 * MM  # at its registered pose
+
+
 def _garbage_run(renderer, cfg):
     """30 frames down the trachea; frames 8-15 give the depth of nothing like an airway (e.g. a
     fogged lens). Returns the results."""

@@ -193,9 +193,10 @@ class LightCompensator:
         cfg = self.config
         if cfg.mode == "none":
             return "none"
-        if cfg.mode == "auto" and self.estimator.estimate() is None:
-            return f"auto: no estimate yet ({self.estimator.frames} of {cfg.min_frames} narrow views sampled)"
-        x, y = self.light[:2] * 1e3
+        with self._lock:  # (called by the node's diagnostics timer: not while the estimate changes)
+            if cfg.mode == "auto" and self.estimator.estimate() is None:
+                return f"auto: no estimate yet ({self.estimator.frames} of {cfg.min_frames} narrow views sampled)"
+            x, y = self.light[:2] * 1e3
         applied = f" x {cfg.shrink:.2f} applied" if cfg.mode == "auto" else ""
         return f"{cfg.mode}: light at ({x:.2f}, {y:.2f}) mm{applied}, {self.relit} frames re-lit"
 
@@ -256,12 +257,13 @@ class LightCompensator:
         if valid.mean() < 0.3:
             self._depth = None
             return
+        ct_depth = r.depth.cpu().numpy()
         ld_small = cv2.resize(log_depth.astype(np.float32), (small.width, small.height), interpolation=cv2.INTER_AREA)
-        log_scale = float(np.median(np.log(r.depth.cpu().numpy()[valid]) - ld_small[valid]))
+        log_scale = float(np.median(np.log(ct_depth[valid]) - ld_small[valid]))
         self._depth = (np.exp(log_depth + log_scale).astype(np.float32), camera, stamp)
         if sample:
             gray = cv2.resize(rgb, (small.width, small.height), interpolation=cv2.INTER_AREA).mean(-1) / 255.0
-            points = small.rays() * r.depth.cpu().numpy()[..., None]
+            points = small.rays() * ct_depth[..., None]
             if self.estimator.add(gray, points, r.normals.cpu().numpy(), valid):
                 est = self.estimator.estimate()
                 if est is not None:

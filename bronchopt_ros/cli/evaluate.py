@@ -62,9 +62,13 @@ def pipeline_from_yaml(path: str | Path | None, mode: str | None = None):
     tr = dict(params.get("tracker", {}))
     if mode:
         tr["mode"] = mode
-    tcfg = TrackerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in tr.items()})
-    ocfg = OdometryConfig(**params.get("odometry", {}))
-    lcfg = LightingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.get("lighting", {}).items()})
+
+    def fields(d: dict) -> dict:  # (YAML lists are the dataclasses' tuples)
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+    tcfg = TrackerConfig(**fields(tr))
+    ocfg = OdometryConfig(**fields(params.get("odometry", {})))
+    lcfg = LightingConfig(**fields(params.get("lighting", {})))
     keys = ("renderer_backend", "encoder_backend", "encoder_weights", "encoder_input_size", "device", "relocalisation",
             "relocalisation_cache")
     return PipelineConfig(tracker=tcfg, odometry=ocfg, lighting=lcfg, **{k: params[k] for k in keys if k in params})

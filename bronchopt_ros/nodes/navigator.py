@@ -169,7 +169,7 @@ LIGHTING_DOCS = {
     "max_offset_mm": ("The estimate's candidate lights lie within this radius of the lens (mm).", (0.1, 10.0)),
     "grid_mm": ("Spacing of the estimate's candidate grid (mm).", (0.05, 2.0)),
     "min_frames": ("Samples the estimate needs before it is applied.", (1, 100000)),
-    "max_frames": ("Samples after which the estimate is kept (no more samples: ~7 ms each).", (1, 1000000)),
+    "max_frames": ("Samples after which the estimate is kept (no more samples: ~2 ms each, in idle time).", (1, 1000000)),
     "every": ("Confidently tracked frames between two samples of the estimate.", (1, 1000)),
     "width": ("Resolution (px) of a sample: the CT rendered at the frame's pose.", (8, 256)),
     "pixels": ("At most this many of a sample's pixels are used (evenly spread).", (16, 65536)),

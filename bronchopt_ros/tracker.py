@@ -107,6 +107,18 @@ class TrackerConfig:
     init_prior_sigma_m: float = 0.02
     init_prior_sigma_rad: float = 1.4
     prior_sigma_roll: float = 0.0  # rad: sigma of the roll about the optical axis (0 = prior_sigma_rad)
+    # The prior's sigmas are for a camera of this frame interval (s); a slower camera's frames are
+    # further apart and its prediction's error larger, so they widen by sqrt(interval /
+    # prior_period_s) (the ratio to 1 %; the interval: the shortest between the last 30 frames the
+    # tracker saw, processed or followed, so frames a busy node drops do not count), as they do by
+    # sqrt(1 + frames followed since the last registration, when that is more). Never narrowed.
+    # bench/bench_framerate.py, the same procedures filmed at 15 frames/s, six each: validation
+    # 7.29 mm / 0.323 rad / 57.3 % -> 3.53 / 0.174 / 63.2 % (LOST 170 -> 65 frames), test 2.94 /
+    # 0.155 / 72.9 % -> 3.59 / 0.130 / 84.6 % (wrong while TRACKING 306 -> 171). Narrowed at 60
+    # frames/s (sqrt(1/2)) it was worse (validation 1.49 / 0.082 / 93.1 % -> 1.66 / 0.110 / 89.2 %);
+    # widened for frames dropped by a busy node it was slightly worse too (six cases replayed at
+    # 20 processed frames/s: +0.02-0.06 mm each). At 30 frames/s nothing changes. 0: off.
+    prior_period_s: float = 1.0 / 30.0
     max_speed: float = 0.05  # m/s: how fast the tip can plausibly move; while LOST, candidates farther than
     # search_radius + max_speed x (time since the last trusted frame) from the last trusted pose are refused
     max_turn_rate: float = 1.5  # rad/s: how fast the tip can plausibly turn (roll included); while LOST, a found
@@ -400,6 +412,7 @@ class Tracker:
         self._odo_update = None  # (gray, camera, pose, stamp, motion) of the last frame: its reference update, deferred
         self.odometry_frames = 0  # frames whose prediction came from the odometry
         self._tracking_times: deque = deque(maxlen=15)  # seconds a frame took, of the last tracked ones
+        self._frame_intervals: deque = deque(maxlen=30)  # s between the frames seen (processed or followed)
         self._follow_times: deque = deque(maxlen=16)  # seconds the odometry took per followed skipped frame
 
     def initialise(self, pose: Pose, covariance: np.ndarray | None = None) -> None:
@@ -509,8 +522,14 @@ class Tracker:
             self._trusted_stamp = None
             self.odometry.reset()
             self._odo_update = None
+            self._frame_intervals.clear()
         since = self.last_stamp if self.last_stamp is not None else -math.inf
         self.last_stamp = frame.stamp
+        prev = since  # the camera's frame interval: between the frames seen (processed or followed)
+        for s in [f.stamp for f in skipped if since < f.stamp < frame.stamp] + [frame.stamp]:
+            if math.isfinite(prev) and s > prev:
+                self._frame_intervals.append(s - prev)
+            prev = s
         if self.pose is None:
             return TrackResult(frame.stamp, None, TrackState.INITIALISING, 0.0, 0.0, math.inf, 0,
                                time.perf_counter() - t0, 0.0)
@@ -645,11 +664,15 @@ class Tracker:
     def _odometry_prior(self, pred: Pose, steps: int) -> PosePrior | None:
         """The registration's prior around the odometry's prediction ``pred``, its sigmas widened
         by sqrt(1 + ``steps``): the prediction's error grows like a random walk over the frames
-        followed without a registration (None: no prior configured)."""
+        followed without a registration; or, for a camera slower than ``prior_period_s``, by
+        sqrt(its frame interval / that) when more (None: no prior configured)."""
         cfg = self.config
         if cfg.prior_sigma_m <= 0 or cfg.prior_sigma_rad <= 0:
             return None
-        k = math.sqrt(1 + steps)
+        k2 = 1 + steps
+        if cfg.prior_period_s > 0 and self._frame_intervals:
+            k2 = max(k2, round(min(self._frame_intervals) / cfg.prior_period_s, 2))
+        k = math.sqrt(k2)
         return PosePrior(pred, k * cfg.prior_sigma_m, k * cfg.prior_sigma_rad,
                          k * cfg.prior_sigma_roll if cfg.prior_sigma_roll else None)
 

@@ -142,6 +142,37 @@ def test_register_once_holds_a_start_given_without_covariance(renderer):
     assert errs["firm"] > 0.9 * start.translation_error(gt)
 
 
+def test_the_odometry_prior_widens_for_a_slower_camera_and_never_narrows(renderer):
+    """The registration's prior around the odometry's prediction: its sigmas are for a camera of
+    ``prior_period_s`` and widen by sqrt(1 + frames followed) or sqrt(the camera's frame interval /
+    prior_period_s), whichever is more. The interval is the shortest between the frames the
+    tracker saw (processed, or skipped and followed): frames a busy node drops do not count."""
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    cam = CAM.scaled(64)
+
+    def widening(stamps, skipped=None, steps=0, **cfg):
+        tracker = Tracker(renderer, ExactDepth(renderer, {}), TrackerConfig(**cfg))
+        for k, s in enumerate(stamps):  # (not initialised: each frame is only seen)
+            tracker.process(Frame(rgb, cam, s), [Frame(rgb, cam, x) for x in (skipped or {}).get(k, [])])
+        p = tracker._odometry_prior(Pose.identity(), steps)
+        tracker.close()
+        assert p.sigma_rad / tracker.config.prior_sigma_rad == pytest.approx(p.sigma_m / tracker.config.prior_sigma_m)
+        return p.sigma_m / tracker.config.prior_sigma_m
+
+    at = lambda fps, n=8: [1.7e9 + k / fps for k in range(n)]  # noqa: E731  (stamps as a camera's, in s)
+    assert TrackerConfig().prior_period_s == pytest.approx(1 / 30.0)
+    assert widening(at(30)) == 1.0  # as configured, exactly
+    assert widening(at(60)) == 1.0  # a faster camera: not narrowed
+    assert widening(at(15)) == pytest.approx(np.sqrt(2))
+    assert widening(at(15), steps=3) == pytest.approx(2.0)  # frames followed, when that is more
+    assert widening(at(15), prior_period_s=0.0) == 1.0  # off
+    thirty = at(30, 16)
+    # A 30 frames/s camera whose every other frame the tracker skipped and followed: as at 30.
+    assert widening(thirty[::2], skipped={k: [thirty[2 * k - 1]] for k in range(1, 8)}) == 1.0
+    # ... or dropped now and then (a busy node): the shortest interval is still the camera's.
+    assert widening([thirty[i] for i in (0, 1, 3, 4, 6, 8, 9)]) == 1.0
+
+
 def test_hypotheses_are_in_the_lumen(renderer):
     gt = _trachea_path(1)[0]
     cl = _y_centerline()

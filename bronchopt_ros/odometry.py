@@ -58,6 +58,25 @@ class OdometryConfig:
     lk_iterations: int = 50
     lk_epsilon: float = 0.001
     fb_max_px: float = 0.5  # forward-backward disagreement above this: the track is dropped
+    # Lucas-Kanade's windows translate; a step toward the wall grows the texture between frames
+    # (2 mm at a 10 mm median wall distance: ~25 %), and they no longer follow it (test anatomy
+    # 3203 filmed at 15 frames/s, a 1.93 mm step: started from the true motion only 110 of 400
+    # corners land within 1 px, 7 of them pass the forward-backward check; PnP then fits 18
+    # inliers to a motion 0.96 mm backwards). When the predicted step (the last velocity, or a
+    # retry's below) grows the reference's median depth's texture by more than zoom_min, the
+    # previous frame is zoomed by that scale about the focus of expansion first, and the
+    # corners are followed from there (the same frame: 36 inliers, 1.87 mm of the 1.93). 0: off.
+    zoom_min: float = 0.05
+    # A camera thought still (a predicted step under zoom_min of the median depth, or none) whose
+    # frame keeps fewer than retry_below PnP inliers (or none) is tried again from a step of
+    # retry_axial x the median depth forward, then backward, along the view; the fit with the most
+    # inliers is kept: a sudden advance from rest. 0: no retry. (bench/bench_framerate.py, test
+    # anatomies 3201-3206: at 15 frames/s 3.59 mm / 0.130 rad / 84.6 % -> 1.40 / 0.091 / 89.5 %
+    # (3203 14.6 -> 1.2 mm), at 30 1.27 / 0.065 / 98.3 % -> 1.34 / 0.065 / 98.2 %; the ten
+    # validation procedures at 30 frames/s, three jittered repeats, paired: -0.001 +- 0.003 mm,
+    # +0.0005 +- 0.0013 rad, success -0.5 +- 0.5 points; test case 3100 0.0615 -> 0.0574 rad.)
+    retry_axial: float = 0.15
+    retry_below: int = 25
     ransac_px: float = 1.0  # PnP inlier threshold (px)
     min_inliers: int = 12  # fewer inliers: no odometry for this frame
     # PnP starts from the predicted motion (the last velocity, else the last motion): the tracks
@@ -227,7 +246,23 @@ class FrameOdometry:
         ``stamp`` (seconds): the frame's time, for the constant-velocity start of the search."""
         dt = stamp - self._stamp if stamp is not None and self._stamp is not None else None
         since = self._last.motion if self._age > 0 and self._last is not None else Pose.identity()
-        res = self._track(gray, camera, since, self._predicted_step(dt))
+        step = self._predicted_step(dt)
+        fit = self._track(gray, camera, since, step)
+        c = self.config
+        still = step is None or abs(step.t[2]) < c.zoom_min * self._depth
+        if c.retry_axial > 0 and self._depth > 0 and still and (fit is None or fit[0].inliers < c.retry_below):
+            for sign in (1.0, -1.0):  # (a sudden advance, or retreat, from rest: see OdometryConfig)
+                axial = Pose.from_Rt(np.eye(3), [0.0, 0.0, sign * c.retry_axial * self._depth])
+                again = self._track(gray, camera, since, axial if step is None else step @ axial)
+                if again is not None and (fit is None or again[0].inliers > fit[0].inliers):
+                    fit = again
+        res = None
+        if fit is not None:
+            res, ok, p1 = fit
+            # Points that stay with the reference: their new positions start the next frame's search.
+            self._guess[ok] = p1
+            self._alive = ok
+            self._prev = gray
         if res is None:
             self._velocity = None
         elif dt is not None and dt > 0:
@@ -300,20 +335,26 @@ class FrameOdometry:
         if step is not None:
             motion_guess = since @ step
             guess = self._project(motion_guess, camera, alive, p0)
+        prev, p0_lk = self._prev, p0
+        zoom = self._zoom(step, camera) if step is not None else None
+        if zoom is not None:  # (the texture grows between the frames: follow it from the zoomed previous one)
+            prev = cv2.warpAffine(self._prev, zoom, (gray.shape[1], gray.shape[0]), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)
+            p0_lk = (p0.reshape(-1, 2) @ zoom[:, :2].T + zoom[:, 2]).astype(np.float32).reshape(-1, 1, 2)
         if guess is None:
-            p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev, gray, p0, None, **lk)
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, gray, p0_lk, None, **lk)
         else:
-            p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev, gray, p0, guess.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, gray, p0_lk, guess.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
                                                   **lk)
         if p1 is None:
             return None
         if guess is None:
-            p0b, st2, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev, p1, None, **lk)
+            p0b, st2, _ = cv2.calcOpticalFlowPyrLK(gray, prev, p1, None, **lk)
         else:
-            back = (p1 - (guess - p0)).astype(np.float32)
-            p0b, st2, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev, p1, back, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+            back = (p1 - (guess - p0_lk)).astype(np.float32)
+            p0b, st2, _ = cv2.calcOpticalFlowPyrLK(gray, prev, p1, back, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
                                                    **lk)
-        fb = np.linalg.norm((p0b - p0).reshape(-1, 2), axis=1)
+        fb = np.linalg.norm((p0b - p0_lk).reshape(-1, 2), axis=1)
         good = (st1[:, 0] == 1) & (st2[:, 0] == 1) & (fb < c.fb_max_px)
         ok = alive.copy()
         ok[alive] = good
@@ -342,11 +383,21 @@ class FrameOdometry:
         if (not np.all(np.isfinite(xi)) or np.linalg.norm(xi[:3]) > c.max_step_m * steps
                 or np.linalg.norm(xi[3:]) > c.max_step_rad * steps):
             return None
-        # Points that stay with the reference: their new positions start the next frame's search.
-        self._guess[ok] = p1
-        self._alive = ok
-        self._prev = gray
-        return OdometryResult(motion, int(len(inl)), int(ok.sum()), self._pose, self._age)
+        return OdometryResult(motion, int(len(inl)), int(ok.sum()), self._pose, self._age), ok, p1
+
+    def _zoom(self, step: Pose, camera: Camera) -> np.ndarray | None:
+        """(2, 3) affine zoom of the previous frame about the focus of expansion by the scale a
+        ``step`` toward the wall gives the reference's median depth, or None when that is under
+        ``zoom_min`` (see :class:`OdometryConfig`)."""
+        c, z, dz = self.config, self._depth, float(step.t[2])
+        if c.zoom_min <= 0 or z <= 0 or dz <= 1e-6:
+            return None
+        s = z / max(z - dz, 0.2 * z)  # (at most 5x)
+        if s - 1.0 <= c.zoom_min:
+            return None
+        foe = np.clip([camera.fx * step.t[0] / dz + camera.cx, camera.fy * step.t[1] / dz + camera.cy],
+                      0, [camera.width - 1, camera.height - 1])
+        return np.array([[s, 0.0, (1 - s) * foe[0]], [0.0, s, (1 - s) * foe[1]]])
 
     def _project(self, motion: Pose, camera: Camera, alive: np.ndarray, fallback: np.ndarray) -> np.ndarray:
         """(M, 1, 2) float32 pixels of the followed reference points after ``motion`` (the new

@@ -192,6 +192,13 @@ ODOMETRY_DOCS = {
                       (1, 1000)),
     "lk_epsilon": ("... or until its update is below this (px).", (0.0, 1.0)),
     "fb_max_px": ("A corner whose forward-backward track disagrees by more than this (px) is dropped.", (0.0, 100.0)),
+    "zoom_min": ("When the predicted step grows the wall's texture by more than this share (a fast advance, a "
+                 "slow camera), the previous frame is zoomed about the focus of expansion before its corners "
+                 "are followed (0: off).", (0.0, 1.0)),
+    "retry_axial": ("A camera thought still whose frame keeps fewer than retry_below PnP inliers is tried again "
+                    "from a step of this share of the median wall distance forward, then backward (0: no "
+                    "retry).", (0.0, 1.0)),
+    "retry_below": ("... fewer PnP inliers than this.", (0, 10000)),
     "ransac_px": ("PnP inlier threshold (px).", (0.1, 20.0)),
     "pnp_prior_px": ("PnP starts from the predicted motion and fits the tracks within this many px of where it "
                      "puts them, then those within ransac_px (0: RANSAC always).", (0.0, 100.0)),

@@ -10,7 +10,8 @@ eval`` without ``--realtime``), with the navigator config's settings (``--config
 Test seeds (>= 3000) are held-out anatomies in the test appearance; choose settings on validation
 seeds (2000-2999), report on test seeds. Cases are written to ``--work`` (default
 data/framerate, ~65 s per 15 s case at 60 frames/s) and reused; each tracking result is kept
-there under the config's hash, so an interrupted run resumes.
+there under a hash of the config and the package's code, so an interrupted run resumes and a
+changed tracker runs again.
 """
 from __future__ import annotations
 
@@ -87,6 +88,18 @@ def track(case: Path, cfg, encoder, results: Path) -> dict:
     return out
 
 
+def settings_hash(cfg_text: str) -> str:
+    """12 hex digits of the config's text and the package's source (kept results belong to both)."""
+    import bronchopt_ros
+
+    h = hashlib.sha256(cfg_text.encode())
+    root = Path(bronchopt_ros.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def pooled(rows: list[dict]) -> dict:
     """Frame-weighted means over the cases (counts summed)."""
     n = sum(r["frames"] for r in rows)
@@ -117,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     limit_threads()
     work = Path(args.work)
     cfg_text = Path(args.config).read_text()
-    results = work / "results" / hashlib.sha256(cfg_text.encode()).hexdigest()[:12]
+    results = work / "results" / settings_hash(cfg_text)
     results.mkdir(parents=True, exist_ok=True)
     (results / "config.yaml").write_text(cfg_text)
     cfg = pipeline_from_yaml(args.config)

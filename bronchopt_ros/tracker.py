@@ -112,7 +112,8 @@ class TrackerConfig:
     # prior_period_s) (the ratio to 1 %; the interval: the shortest between the last 30 frames the
     # tracker saw, processed or followed, so frames a busy node drops do not count), as they do by
     # sqrt(1 + frames followed since the last registration, when that is more). Never narrowed.
-    # bench/bench_framerate.py, the same procedures filmed at 15 frames/s, six each: validation
+    # bench/bench_framerate.py, the same procedures filmed at 15 frames/s, six each (measured
+    # before the odometry's zoom and retry, OdometryConfig.zoom_min, which came later): validation
     # 7.29 mm / 0.323 rad / 57.3 % -> 3.53 / 0.174 / 63.2 % (LOST 170 -> 65 frames), test 2.94 /
     # 0.155 / 72.9 % -> 3.59 / 0.130 / 84.6 % (wrong while TRACKING 306 -> 171). Narrowed at 60
     # frames/s (sqrt(1/2)) it was worse (validation 1.49 / 0.082 / 93.1 % -> 1.66 / 0.110 / 89.2 %);

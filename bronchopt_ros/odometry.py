@@ -66,7 +66,11 @@ class OdometryConfig:
     # retry's below) grows the reference's median depth's texture by more than zoom_min, the
     # previous frame is zoomed by that scale about the focus of expansion first, and the
     # corners are followed from there (the same frame: 36 inliers, 1.87 mm of the 1.93). 0: off.
-    zoom_min: float = 0.05
+    # Off by default: it trusts the constant-velocity prediction, and where that is wrong (frames
+    # whose stamps do not match their motion, in the node's latency-budget test) the zoomed frame
+    # follows worse and the frame times vary (that test failed 3 of 6 runs with it, 0 of 5
+    # without). Set 0.05 for a camera slower than 30 frames/s (figures below).
+    zoom_min: float = 0.0
     # A camera thought still (a predicted step under zoom_min of the median depth, or none) whose
     # frame keeps fewer than retry_below PnP inliers (or none) is tried again from a step of
     # retry_axial x the median depth forward, then backward, along the view; the fit with the most
@@ -75,7 +79,7 @@ class OdometryConfig:
     # (3203 14.6 -> 1.2 mm), at 30 1.27 / 0.065 / 98.3 % -> 1.34 / 0.065 / 98.2 %; the ten
     # validation procedures at 30 frames/s, three jittered repeats, paired: -0.001 +- 0.003 mm,
     # +0.0005 +- 0.0013 rad, success -0.5 +- 0.5 points; test case 3100 0.0615 -> 0.0574 rad.)
-    retry_axial: float = 0.15
+    retry_axial: float = 0.0  # (0.15 with zoom_min 0.05 for the figures above; alone it gained nothing)
     retry_below: int = 25
     ransac_px: float = 1.0  # PnP inlier threshold (px)
     min_inliers: int = 12  # fewer inliers: no odometry for this frame

@@ -291,8 +291,11 @@ def test_latency_budget_lets_a_stale_frame_go_for_the_next(ros_context, case):
     from dataclasses import replace
 
     # Each frame registered before its pose goes out, so a frame's time is its (padded) encoder's:
-    # pipelined, the worker's time is the odometry's and the padded encoder runs beside it.
-    g = Graph(ros_context, case["dir"] / "airway.ply", {"tracker.pipelined": False})
+    # pipelined, the worker's time is the odometry's and the padded encoder runs beside it. The
+    # budget acts only while TRACKING, and this test is about the queue: the tracker is kept from
+    # declaring itself lost (lost_below 0), which on this short, fast 96 px fixture it did in ~1 of 8
+    # runs (the estimate drifts: see docs/performance-notes.md, session 29).
+    g = Graph(ros_context, case["dir"] / "airway.ply", {"tracker.pipelined": False, "tracker.lost_below": 0.0})
     f, nav, cam, rgb = g.feeder, g.nav, case["camera"], case["frames"]
     try:
         start_tracking(g, case)
@@ -325,7 +328,8 @@ def test_latency_budget_lets_a_stale_frame_go_for_the_next(ros_context, case):
             time.sleep(0.85 * busy)
         assert wait(lambda: nav.counters["processed"] + nav.counters["dropped"] >= n0 + d0 + len(rgb[7:]), 20)
         c = nav.counters
-        assert c["waited_for_newer"] > w0, c
+        assert c["waited_for_newer"] > w0, (c, nav.tracker.state, busy, list(nav.tracker._tracking_times),
+                                            list(np.diff(nav._arrivals)))
         assert c["processed"] > n0 and nav._worker.is_alive()
     finally:
         g.close()

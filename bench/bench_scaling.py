@@ -7,8 +7,11 @@ Runs the default tracker (config/navigator.yaml) over the first ``--frames`` fra
 ``runs/scaling_case``) and reports processed frames per second (mean over frames, end to end:
 conversion, undistortion, encoder, registration) and the mean translation error:
 
-- image size 64 / 128 / 200 / 256 px (the frames resized, the camera scaled with them; the
-  encoder input and the solver pyramid are fixed sizes, so the cost should barely move);
+- image size 64 / 96 / 128 / 200 / 256 px (the frames resized, the camera scaled with them; the
+  encoder input and the solver pyramid are fixed sizes, so the cost should barely move); and the
+  accuracy of procedures filmed at each size (``--native-seeds``: the same procedure rendered at
+  that size, with the sensor's noise per pixel, written once to ``runs/scaling_native``; tracked
+  over ``--native-frames`` frames), which a smaller camera gets;
 - mesh size ~60k / ~240k / ~950k faces (the same anatomy from a CT at 1.4 mm and 0.7 mm voxels,
   and the 0.7 mm mesh subdivided once).
 
@@ -94,6 +97,18 @@ def run(airway, cfg, encoder, cam, init, frames, truth, size: int | None = None)
             "faces": int(len(airway.faces))}
 
 
+def native_case(seed: int, size: int, n: int):
+    """(airway, camera, initial pose, frames, truth) of procedure ``seed`` filmed at ``size`` px
+    (written to runs/scaling_native once)."""
+    from bronchopt_ros.sim.case import CaseParams, write_case
+
+    case = ROOT / "runs" / "scaling_native" / f"case_{seed}_{size}px_{n}"
+    if not (case / "truth.tum").exists():
+        write_case(case, seed, CaseParams(size=size, n_frames=n, starts=False))
+    cam, init, frames = load_events(case, n)
+    return load_case_airway(case), cam, init, frames, truth_by_stamp(case)
+
+
 def meshes(case: Path, info: dict) -> list[tuple[str, Airway]]:
     from bronchopt_ros.sim.anatomy import AnatomyParams, generate_anatomy
 
@@ -112,7 +127,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", type=Path, default=None)
     ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 200, 256])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 200, 256])
+    ap.add_argument("--native-seeds", type=int, nargs="*", default=[3101, 3102],
+                    help="test-split procedures filmed at each size (none: skip)")
+    ap.add_argument("--native-frames", type=int, default=150)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scaling.json")
     args = ap.parse_args()
     case = args.case or default_case()
@@ -126,17 +144,27 @@ def main() -> int:
     rows_img = []
     for s in args.sizes:
         r = run(base, cfg, encoder, cam, init, frames, truth, size=s)
+        native = []
+        for seed in args.native_seeds:
+            n_airway, n_cam, n_init, n_frames, n_truth = native_case(seed, s, args.native_frames)
+            native.append(run(n_airway, cfg, encoder, n_cam, n_init, n_frames, n_truth))
+        if native:
+            r["native_trans_err_mm_mean"] = float(np.mean([n["trans_err_mm_mean"] for n in native]))
+            r["native_trans_err_mm"] = {str(seed): n["trans_err_mm_mean"] for seed, n in zip(args.native_seeds, native)}
         rows_img.append({"image_px": s, **r})
-        print(f"image {s:4d} px: {r['fps']:5.1f} frames/s  p95 {r['ms_p95']:5.1f} ms  error {r['trans_err_mm_mean']:.2f} mm",
-              flush=True)
+        print(f"image {s:4d} px: {r['fps']:5.1f} frames/s  p95 {r['ms_p95']:5.1f} ms  error {r['trans_err_mm_mean']:.2f} mm"
+              + (f"  filmed at {s} px: {r['native_trans_err_mm_mean']:.2f} mm" if native else ""), flush=True)
     rows_mesh = []
     for name, airway in meshes(case, info):
         r = run(airway, cfg, encoder, cam, init, frames, truth)
         rows_mesh.append({"mesh": name, **r})
         print(f"mesh {name:20s} {r['faces']:8d} faces: {r['fps']:5.1f} frames/s  p95 {r['ms_p95']:5.1f} ms  "
               f"error {r['trans_err_mm_mean']:.2f} mm", flush=True)
-    md = ["| image (px) | frames/s | p95 ms/frame |", "| --- | --- | --- |"]
-    md += [f"| {r['image_px']} | {r['fps']:.1f} | {r['ms_p95']:.1f} |" for r in rows_img]
+    nat = f"mean error, filmed at this size ({len(args.native_seeds)} procedures, {args.native_frames} frames)"
+    md = [f"| image (px) | frames/s | p95 ms/frame | mean error, resized ({len(frames)} frames) | {nat} |",
+          "| --- | --- | --- | --- | --- |"]
+    md += [f"| {r['image_px']} | {r['fps']:.1f} | {r['ms_p95']:.1f} | {r['trans_err_mm_mean']:.2f} mm | "
+           + (f"{r['native_trans_err_mm_mean']:.2f} mm |" if "native_trans_err_mm_mean" in r else "- |") for r in rows_img]
     md += ["", "| mesh | faces | frames/s | p95 ms/frame |", "| --- | --- | --- | --- |"]
     md += [f"| {r['mesh']} | {r['faces']:,} | {r['fps']:.1f} | {r['ms_p95']:.1f} |" for r in rows_mesh]
     print("\n".join(md))

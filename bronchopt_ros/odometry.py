@@ -40,7 +40,10 @@ __all__ = ["OdometryConfig", "OdometryResult", "FrameOdometry", "detect_corners"
 @dataclass
 class OdometryConfig:
     """Settings of :class:`FrameOdometry`; every field is a node parameter ``odometry.<name>``
-    (config/navigator.yaml). Pixel sizes are at 200 px wide and scale with the image."""
+    (config/navigator.yaml). Sizes on the wall - ``min_distance``, ``window``, ``photometric_step``
+    and :func:`to_gray`'s blurs - are given at 200 px wide and scale with the image; the
+    tolerances ``fb_max_px``, ``ransac_px`` and ``pnp_prior_px`` are in the image's own pixels
+    (Lucas-Kanade's sub-pixel precision does not grow with the pixels)."""
 
     max_corners: int = 400  # corners detected in the reference frame
     grid: int = 5  # ... spread over grid x grid cells (an equal share each), so the wall's texture at the
@@ -48,7 +51,11 @@ class OdometryConfig:
     # cannot show a roll (validation: roll rate correlation with the truth 0.67 -> 0.87 on a tube view)
     quality: float = 0.01  # goodFeaturesToTrack quality level (relative to the best corner of the cell)
     min_distance: float = 3.0  # px between corners (at 200 px)
-    window: int = 15  # Lucas-Kanade window (px)
+    # Lucas-Kanade window (px at 200 px: 7 at 96 px). A window fixed in pixels spans more of a
+    # smaller image, where a forward step's flow is no longer a translation within it: at 96 px a
+    # 15 px window lagged the advance (a 0.9 mm step measured 0.3 mm along the view) and the
+    # estimate drifted 10 mm in 20 frames; scaled, 1.0 mm (docs/performance-notes.md, session 29).
+    window: int = 15
     levels: int = 2  # Lucas-Kanade pyramid levels
     # Lucas-Kanade stops after this many iterations per level or an update below lk_epsilon px.
     # Stopped early it stays short of the motion (roll slope 0.94 on a tube view at 20 / 0.03),
@@ -134,17 +141,26 @@ class OdometryResult:
     age: int  # frames between the reference and this one, minus one (0: the reference is the last frame)
 
 
+def lk_window(window_at_200: int, width: int) -> int:
+    """The Lucas-Kanade window (odd, at least 5 px) for an image ``width`` px wide that covers what
+    ``window_at_200`` px covers at 200 px."""
+    return max(5, 2 * int(round((window_at_200 * width / 200.0 - 1) / 2)) + 1)
+
+
 def to_gray(rgb: np.ndarray, shading_sigma: float = 4.0, noise_sigma: float = 1.0) -> np.ndarray:
     """The frame's texture as 8-bit grey: luminance divided by its blur (Gaussian, ``shading_sigma``
     px at 200 px wide), so the scope's own light falloff, which moves with the camera, is removed
     and what the tracker follows is fixed to the wall (0 = plain luminance). The luminance is first
-    smoothed by ``noise_sigma`` px: the sensor's noise, new in every frame, otherwise makes corners
-    in the dark lumen that follow nothing."""
+    smoothed by ``noise_sigma`` px (at 200 px wide, and never under that many of the image's own
+    pixels: the noise is per pixel, and a smaller sensor's is no finer): the sensor's noise, new in
+    every frame, otherwise makes corners in the dark lumen that follow nothing. (Scaled down with the
+    image, 0.48 px at 96 px, it left the noise in: on a procedure filmed at 96 px the estimate
+    drifted 12 mm; at 1 px, 1.1 mm - docs/performance-notes.md, session 29.)"""
     g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     scale = max(g.shape) / 200.0
     f = g.astype(np.float32)
     if noise_sigma > 0:
-        f = cv2.GaussianBlur(f, (0, 0), noise_sigma * scale)
+        f = cv2.GaussianBlur(f, (0, 0), noise_sigma * max(scale, 1.0))
     if shading_sigma <= 0:
         return np.clip(f + 0.5, 0, 255).astype(np.uint8)
     ratio = f / (cv2.GaussianBlur(f, (0, 0), shading_sigma * scale) + 4.0)
@@ -331,7 +347,8 @@ class FrameOdometry:
         # The reference's corners are followed frame to frame (from where the last frame saw them),
         # with a forward-backward check on each step. The search starts where the predicted motion
         # puts them (the backward search where the same prediction, reversed, does).
-        lk = dict(winSize=(c.window, c.window), maxLevel=c.levels,
+        win = lk_window(c.window, max(camera.width, camera.height))
+        lk = dict(winSize=(win, win), maxLevel=c.levels,
                   criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, c.lk_iterations, c.lk_epsilon))
         alive = self._alive
         p0 = self._guess[alive]

@@ -12,7 +12,7 @@ import pytest
 
 from bronchopt_ros.encoder.data import ToyWorld
 from bronchopt_ros.geometry import Camera, Pose
-from bronchopt_ros.odometry import FrameOdometry, OdometryConfig, detect_corners, solve_pnp, to_gray
+from bronchopt_ros.odometry import FrameOdometry, OdometryConfig, detect_corners, lk_window, solve_pnp, to_gray
 from bronchopt_ros.registration import DepthRegConfig, DepthTarget, PosePrior, register_depth
 from bronchopt_ros.render.base import Renderer
 from bronchopt_ros.render.cpu import CpuRenderer
@@ -48,11 +48,11 @@ def _path(world, n: int, step: float = 0.5 * MM, roll: float = 0.01) -> list[Pos
 _FREQ = np.random.default_rng(7).normal(0, 1500.0, (6, 3))  # wall texture: ~4 mm wavelengths
 
 
-def _rgb(world, pose, fine: float = 1.0):
+def _rgb(world, pose, fine: float = 1.0, cam: Camera = CAM):
     """The wall lit from the camera (1/d^2, Lambert) with a mucosa-like texture fixed to the wall
     (ToyWorld's own texture is too faint to follow); ``fine`` divides its wavelengths."""
-    hits = world.raycaster.cast(CAM, pose)
-    rays = CAM.rays(np.float64)
+    hits = world.raycaster.cast(cam, pose)
+    rays = cam.rays(np.float64)
     dist = np.maximum(hits.depth, 1e-4) * np.linalg.norm(rays, axis=-1)
     cos = np.abs((hits.normal_cam * rays / np.linalg.norm(rays, axis=-1, keepdims=True)).sum(-1))
     tex = 1.0 + 0.12 * np.sin(hits.point_ct @ (fine * _FREQ).T).sum(-1)
@@ -91,6 +91,35 @@ def test_odometry_measures_the_motion_between_two_frames(world, renderer):
     # fraction of the motion: predicting "no motion" would be off by all of it.
     assert est.translation_error(p1) < 0.15 * moved
     assert est.rotation_error(p1) < 0.35 * p0.rotation_error(p1)
+
+
+def test_odometry_window_covers_the_same_wall_at_any_image_size(world, renderer):
+    """The Lucas-Kanade window is given at 200 px wide and scales with the image: a fixed 15 px
+    window spans twice as much of an 80 px frame, where a forward step's flow is no longer a
+    translation within it, and it measured the same 1 mm step with 28 % error (scaled: ~10 %)."""
+    assert lk_window(15, 200) == 15 and lk_window(15, 96) == 7 and lk_window(15, 256) == 19
+    assert lk_window(15, 40) == 5  # (never under 5 px)
+    cam = Camera.from_fov(80, 80, 85.0)
+    p0, p1 = _path(world, 2, step=1.0 * MM, roll=0.03)
+    odo = FrameOdometry()
+    assert odo.keyframe(to_gray(_rgb(world, p0, cam=cam)), cam, p0, renderer) >= 30
+    res = odo.track(to_gray(_rgb(world, p1, cam=cam)), cam)
+    assert res is not None
+    moved = p0.translation_error(p1)
+    assert (p0 @ res.motion).translation_error(p1) < 0.15 * moved
+
+
+def test_sensor_noise_is_smoothed_as_much_in_a_small_image():
+    """Sensor noise is per pixel, so its blur never shrinks under ``noise_sigma`` of the image's own
+    pixels: a 96 px frame keeps no more of it than a 200 px one (scaled down to 0.48 px, the blur
+    left ~2.5x as much, and the odometry drifted on procedures filmed at 96 px)."""
+    rng = np.random.default_rng(3)
+    left = {}
+    for width in (96, 200):
+        flat = np.clip(128 + rng.normal(0, 10, (width, width, 3)), 0, 255).astype(np.uint8)
+        left[width] = float(to_gray(flat, shading_sigma=0.0).astype(float)[10:-10, 10:-10].std())
+    assert left[96] < 1.15 * left[200], left
+    assert left[200] < 0.5 * 10, left  # (and it does smooth)
 
 
 def test_odometry_keeps_its_reference_frame_and_measures_against_it(world, renderer):
@@ -461,12 +490,12 @@ def test_a_large_step_toward_the_wall_is_followed_in_the_zoomed_previous_frame(w
     follow. From rest (no velocity) a frame that keeps few inliers is tried again from a step
     forward (retry_axial), and with a known velocity the previous frame is zoomed about the focus
     of expansion by the predicted scale first (zoom_min): more corners followed, a smaller error,
-    than with both off."""
+    than with both off. (Retried below 40 inliers here: unzoomed, this 160 px frame keeps 26.)"""
     poses = _path(world, 3, step=3.5 * MM, roll=0.0)
     grays = [to_gray(_rgb(world, p, fine=3.0)) for p in poses]
     stamps = [k / 15.0 for k in range(3)]
     out = {}
-    for name, cfg in (("off", OdometryConfig()), ("on", OdometryConfig(zoom_min=0.05, retry_axial=0.15))):
+    for name, cfg in (("off", OdometryConfig()), ("on", OdometryConfig(zoom_min=0.05, retry_axial=0.15, retry_below=40))):
         odo = FrameOdometry(replace(cfg, keyframe_frames=1))
         assert odo.update(grays[0], CAM, poses[0], renderer, stamps[0])
         rows = []

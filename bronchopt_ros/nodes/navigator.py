@@ -186,7 +186,7 @@ ODOMETRY_DOCS = {
              (1, 20)),
     "quality": ("Corner quality level, relative to the best corner of its cell.", (0.0, 1.0)),
     "min_distance": ("Minimum distance between corners (px at 200 px wide).", (0.0, 50.0)),
-    "window": ("Lucas-Kanade window (px).", (3, 101)),
+    "window": ("Lucas-Kanade window (px at 200 px wide; scales with the image, odd, at least 5).", (3, 101)),
     "levels": ("Lucas-Kanade pyramid levels.", (0, 6)),
     "lk_iterations": ("Lucas-Kanade iterations per level, at most (stopped early it falls short of the motion).",
                       (1, 1000)),

@@ -73,21 +73,24 @@ class OdometryConfig:
     # retry's below) grows the reference's median depth's texture by more than zoom_min, the
     # previous frame is zoomed by that scale about the focus of expansion first, and the
     # corners are followed from there (the same frame: 36 inliers, 1.87 mm of the 1.93). 0: off.
-    # Off by default: it trusts the constant-velocity prediction, and where that is wrong (frames
-    # whose stamps do not match their motion, in the node's latency-budget test) the zoomed frame
-    # follows worse and the frame times vary (that test failed 3 of 6 runs with it, 0 of 5
-    # without). Set 0.05 for a camera slower than 30 frames/s (figures below).
-    zoom_min: float = 0.0
+    # It trusts the constant-velocity prediction: when the zoomed search keeps fewer than
+    # retry_below inliers the unzoomed one is tried too (the camera may have slowed or stopped).
+    zoom_min: float = 0.05
     # A camera thought still (a predicted step under zoom_min of the median depth, or none) whose
     # frame keeps fewer than retry_below PnP inliers (or none) is tried again from a step of
     # retry_axial x the median depth forward, then backward, along the view; the fit with the most
-    # inliers is kept: a sudden advance from rest. 0: no retry. (bench/bench_framerate.py, test
-    # anatomies 3201-3206: at 15 frames/s 3.59 mm / 0.130 rad / 84.6 % -> 1.40 / 0.091 / 89.5 %
-    # (3203 14.6 -> 1.2 mm), at 30 1.27 / 0.065 / 98.3 % -> 1.34 / 0.065 / 98.2 %; the ten
-    # validation procedures at 30 frames/s, three jittered repeats, paired: -0.001 +- 0.003 mm,
-    # +0.0005 +- 0.0013 rad, success -0.5 +- 0.5 points; test case 3100 0.0615 -> 0.0574 rad.)
-    retry_axial: float = 0.0  # (0.15 with zoom_min 0.05 for the figures above; alone it gained nothing)
-    retry_below: int = 25
+    # inliers is kept: a sudden advance from rest. 0: no retry.
+    retry_axial: float = 0.15
+    # The zoom and the retry act only for a camera whose frame interval (the tracker's: the
+    # shortest over the last 30 frames it saw, frames it dropped included) is at least this (s; 0:
+    # always; unknown: never). At 30 frames/s the steps are short and they only cost: ten validation
+    # procedures, three jittered repeats, paired: generations 5+ +0.018 +- 0.004 rad, the rest
+    # within the spread. At 15 frames/s (bench/bench_framerate.py, test anatomies 3201-3206)
+    # 3.59 mm / 0.130 rad / 84.6 % -> 1.41 / 0.088 / 92.1 % (3203 14.6 -> 1.35 mm); validation
+    # anatomies 2530-2535 3.53 / 0.174 / 63.2 % -> 1.95 / 0.151 / 85.1 % (session 29; without the
+    # unzoomed fallback 1.40 / 0.091 / 89.5 % and 2.02 / 0.132 / 87.9 %).
+    slow_camera_s: float = 0.05
+    retry_below: int = 25  # (also: a zoomed search keeping fewer inliers is tried unzoomed)
     ransac_px: float = 1.0  # PnP inlier threshold (px)
     min_inliers: int = 12  # fewer inliers: no odometry for this frame
     # PnP starts from the predicted motion (the last velocity, else the last motion): the tracks
@@ -197,6 +200,9 @@ class FrameOdometry:
         self._clear_reference()
         self._velocity: np.ndarray | None = None  # (6,) the last step's log per second (v, w)
         self._stamp: float | None = None  # the last processed frame's time
+        # The camera's frame interval (s; None: unknown), set by its user (the tracker) for the
+        # zoom's and the retry's slow_camera_s.
+        self.camera_interval_s: float | None = None
 
     def _clear_reference(self) -> None:
         self._gray: np.ndarray | None = None  # the reference (key) frame (None: no reference)
@@ -269,8 +275,15 @@ class FrameOdometry:
         step = self._predicted_step(dt)
         fit = self._track(gray, camera, since, step)
         c = self.config
+        if step is not None and self._zoom(step, camera) is not None and (fit is None or fit[0].inliers < c.retry_below):
+            # The prediction zoomed the previous frame and few corners followed: the prediction may
+            # be wrong (the camera slowed, or stopped); the unzoomed search, if it keeps more, wins.
+            plain = self._track(gray, camera, since, step, zoom=False)
+            if plain is not None and (fit is None or plain[0].inliers > fit[0].inliers):
+                fit = plain
         still = step is None or abs(step.t[2]) < c.zoom_min * self._depth
-        if c.retry_axial > 0 and self._depth > 0 and still and (fit is None or fit[0].inliers < c.retry_below):
+        if (c.retry_axial > 0 and self._slow() and self._depth > 0 and still
+                and (fit is None or fit[0].inliers < c.retry_below)):
             for sign in (1.0, -1.0):  # (a sudden advance, or retreat, from rest: see OdometryConfig)
                 axial = Pose.from_Rt(np.eye(3), [0.0, 0.0, sign * c.retry_axial * self._depth])
                 again = self._track(gray, camera, since, axial if step is None else step @ axial)
@@ -340,7 +353,8 @@ class FrameOdometry:
             return None
         return Pose.exp(self._velocity * dt)
 
-    def _track(self, gray: np.ndarray, camera: Camera, since: Pose, step: Pose | None) -> OdometryResult | None:
+    def _track(self, gray: np.ndarray, camera: Camera, since: Pose, step: Pose | None,
+               zoom: bool = True) -> OdometryResult | None:
         c = self.config
         if self._gray is None or self._gray.shape != gray.shape:
             return None
@@ -357,7 +371,7 @@ class FrameOdometry:
             motion_guess = since @ step
             guess = self._project(motion_guess, camera, alive, p0)
         prev, p0_lk = self._prev, p0
-        zoom = self._zoom(step, camera) if step is not None else None
+        zoom = self._zoom(step, camera) if step is not None and zoom else None
         if zoom is not None:  # (the texture grows between the frames: follow it from the zoomed previous one)
             prev = cv2.warpAffine(self._prev, zoom, (gray.shape[1], gray.shape[0]), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE)
@@ -406,12 +420,18 @@ class FrameOdometry:
             return None
         return OdometryResult(motion, int(len(inl)), int(ok.sum()), self._pose, self._age), ok, p1
 
+    def _slow(self) -> bool:
+        """Whether the camera is slow enough for the zoom and the retry (``slow_camera_s``)."""
+        c = self.config
+        return c.slow_camera_s <= 0 or (self.camera_interval_s is not None
+                                        and self.camera_interval_s >= c.slow_camera_s)
+
     def _zoom(self, step: Pose, camera: Camera) -> np.ndarray | None:
         """(2, 3) affine zoom of the previous frame about the focus of expansion by the scale a
         ``step`` toward the wall gives the reference's median depth, or None when that is under
         ``zoom_min`` (see :class:`OdometryConfig`)."""
         c, z, dz = self.config, self._depth, float(step.t[2])
-        if c.zoom_min <= 0 or z <= 0 or dz <= 1e-6:
+        if c.zoom_min <= 0 or z <= 0 or dz <= 1e-6 or not self._slow():
             return None
         s = z / max(z - dz, 0.2 * z)  # (at most 5x)
         if s - 1.0 <= c.zoom_min:

@@ -531,6 +531,7 @@ class Tracker:
             if math.isfinite(prev) and s > prev:
                 self._frame_intervals.append(s - prev)
             prev = s
+        self.odometry.camera_interval_s = min(self._frame_intervals) if self._frame_intervals else None
         if self.pose is None:
             return TrackResult(frame.stamp, None, TrackState.INITIALISING, 0.0, 0.0, math.inf, 0,
                                time.perf_counter() - t0, 0.0)

@@ -484,19 +484,46 @@ def test_a_fast_advance_follows_the_skipped_frame_within_the_gap(world, renderer
         assert tracker.select_skipped(skipped, stamps[1] + gap) == ([0] if followed else [])
 
 
+def test_a_wrong_zoom_falls_back_to_the_unzoomed_search(world, renderer):
+    """The zoom trusts the last velocity; a camera that stops after a fast advance would be
+    followed in a wrongly zoomed frame. When the zoomed search keeps few corners the unzoomed one
+    is tried too, and the fit with more inliers wins: the stop is measured as with the zoom off
+    (the default settings; "off": the camera's interval 1/30 s, under slow_camera_s)."""
+    adv = _path(world, 2, step=3.5 * MM, roll=0.0)
+    poses = [adv[0], adv[1], adv[1]]  # 3.5 mm in 1/15 s, then still
+    grays = [to_gray(_rgb(world, p, fine=3.0)) for p in poses]
+    stamps = [k / 15.0 for k in range(3)]
+    out = {}
+    for name, interval in (("off", 1 / 30.0), ("on", 1 / 15.0)):
+        odo = FrameOdometry(OdometryConfig(keyframe_frames=1))
+        odo.camera_interval_s = interval
+        assert odo.update(grays[0], CAM, poses[0], renderer, stamps[0])
+        odo._velocity = np.array([0.0, 0.0, 3.5 * MM * 15, 0.0, 0.0, 0.0])  # (the advance, known)
+        assert odo.track(grays[1], CAM, stamps[1]) is not None
+        assert odo.update(grays[1], CAM, poses[1], renderer, stamps[1])
+        assert (odo._zoom(odo._predicted_step(1 / 15.0), CAM) is not None) == (name == "on")  # (predicted: a zoom)
+        res = odo.track(grays[2], CAM, stamps[2])
+        assert res is not None
+        out[name] = (res.inliers, float(np.linalg.norm(res.motion.t)))
+    assert out["on"][0] >= 0.8 * out["off"][0], out
+    assert out["on"][1] < 0.3 * MM, out  # (still: not the 3.5 mm the velocity predicted)
+
+
 def test_a_large_step_toward_the_wall_is_followed_in_the_zoomed_previous_frame(world, renderer):
     """Steps of 3.5 mm at a ~11 mm median wall distance (a fast advance filmed at 15 frames/s)
     grow the wall's texture ~30 % between frames, more than Lucas-Kanade's translating windows
     follow. From rest (no velocity) a frame that keeps few inliers is tried again from a step
     forward (retry_axial), and with a known velocity the previous frame is zoomed about the focus
     of expansion by the predicted scale first (zoom_min): more corners followed, a smaller error,
-    than with both off. (Retried below 40 inliers here: unzoomed, this 160 px frame keeps 26.)"""
+    than with both off - as they are for a camera at 30 frames/s (``slow_camera_s``). (Retried
+    below 40 inliers here: unzoomed, this 160 px frame keeps 26.)"""
     poses = _path(world, 3, step=3.5 * MM, roll=0.0)
     grays = [to_gray(_rgb(world, p, fine=3.0)) for p in poses]
     stamps = [k / 15.0 for k in range(3)]
     out = {}
-    for name, cfg in (("off", OdometryConfig()), ("on", OdometryConfig(zoom_min=0.05, retry_axial=0.15, retry_below=40))):
-        odo = FrameOdometry(replace(cfg, keyframe_frames=1))
+    for name, interval in (("off", 1 / 30.0), ("on", 1 / 15.0)):
+        odo = FrameOdometry(OdometryConfig(keyframe_frames=1, retry_below=40))
+        odo.camera_interval_s = interval
         assert odo.update(grays[0], CAM, poses[0], renderer, stamps[0])
         rows = []
         for k in (1, 2):

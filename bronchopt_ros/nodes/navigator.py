@@ -198,7 +198,11 @@ ODOMETRY_DOCS = {
     "retry_axial": ("A camera thought still whose frame keeps fewer than retry_below PnP inliers is tried again "
                     "from a step of this share of the median wall distance forward, then backward (0: no "
                     "retry).", (0.0, 1.0)),
-    "retry_below": ("... fewer PnP inliers than this.", (0, 10000)),
+    "retry_below": ("... fewer PnP inliers than this (also: a zoomed search keeping fewer is tried unzoomed).",
+                    (0, 10000)),
+    "slow_camera_s": ("The zoom and the retry act only for a camera whose frame interval is at least this (s): "
+                      "at 30 frames/s they cost the deep bronchi's rotation and gain nothing (0: always).",
+                      (0.0, 10.0)),
     "ransac_px": ("PnP inlier threshold (px).", (0.1, 20.0)),
     "pnp_prior_px": ("PnP starts from the predicted motion and fits the tracks within this many px of where it "
                      "puts them, then those within ransac_px (0: RANSAC always).", (0.0, 100.0)),

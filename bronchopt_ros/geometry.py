@@ -277,6 +277,27 @@ class Camera:
         return Camera(width, height, self.fx * sx, self.fy * sy,
                       (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5, self.dist)
 
+    def centring_pad(self, tolerance: float) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) pixels to add so that the principal point lies within
+        ``tolerance`` x the image size of its centre (all 0 when it already does; at most a quarter
+        pixel off when padded; negative tolerance: never): a principal point right of the centre
+        gets columns on the right, one below it rows at the bottom."""
+
+        def axis(c: float, n: int) -> tuple[int, int]:
+            d = c - (n - 1) / 2.0  # > 0: the principal point right of / below the centre
+            if tolerance < 0 or abs(d) <= tolerance * n:
+                return 0, 0
+            k = min(n, int(round(2 * abs(d))))  # pixels added: the offset becomes d -+ k / 2
+            return (0, k) if d > 0 else (k, 0)
+
+        (left, right), (top, bottom) = axis(self.cx, self.width), axis(self.cy, self.height)
+        return left, right, top, bottom
+
+    def padded(self, left: int, right: int, top: int, bottom: int) -> "Camera":
+        """The camera of the image with these pixels added on its sides."""
+        return Camera(self.width + left + right, self.height + top + bottom, self.fx, self.fy,
+                      self.cx + left, self.cy + top, self.dist)
+
     def undistorted(self) -> "Camera":
         """The ideal pinhole camera that :meth:`undistort_image` produces (same K)."""
         return Camera(self.width, self.height, self.fx, self.fy, self.cx, self.cy)

@@ -893,10 +893,10 @@ class Tracker:
             if enc is None or target.features is None:
                 raise ValueError(f"tracker mode '{cfg.mode}' needs the encoder's dense features")
             if cfg.mode == "features_gn":
-                reg = register_features_gn(self.renderer, enc, target.features, frame.camera, starts[:1],
+                reg = register_features_gn(self.renderer, enc, target.features, target.camera, starts[:1],
                                            FeatureGNConfig(width=cfg.feature_width), prior=prior)
             else:
-                reg = register_features(self.renderer, enc, target.features, frame.camera, starts[:1],
+                reg = register_features(self.renderer, enc, target.features, target.camera, starts[:1],
                                         FeatureRegConfig(width=cfg.feature_width))
             _, reg.si_error, reg.valid_fraction, reg.inside = si_cost(self.renderer, target, reg.pose, cfg.feature_width)
             return reg

@@ -263,6 +263,10 @@ class Navigator(Node):
             encoder_weights=p("encoder_weights", pipe.encoder_weights, "Encoder checkpoint (empty: shipped weights)."),
             encoder_input_size=p("encoder_input_size", pipe.encoder_input_size, "Encoder input side (px).",
                                  (32, 1024)),
+            principal_point_tolerance=p("principal_point_tolerance", pipe.principal_point_tolerance,
+                                        "A frame whose principal point is further than this share of its size "
+                                        "from the centre is padded to centre it for the encoder (negative: never).",
+                                        (-1.0, 1.0)),
             device=p("device", pipe.device, "Torch device: cpu or cuda."),
             relocalisation=p("relocalisation", pipe.relocalisation,
                              "Build the centerline view index (global embeddings) to relocalise when lost."),

@@ -12,6 +12,8 @@ conversion, undistortion, encoder, registration) and the mean translation error:
   accuracy of procedures filmed at each size (``--native-seeds``: the same procedure rendered at
   that size, with the sensor's noise per pixel, written once to ``runs/scaling_native``; tracked
   over ``--native-frames`` frames), which a smaller camera gets;
+- the field of view (``--fovs``: the same procedures filmed at 200 px by a centred camera of
+  70-120 deg), with the default ``max_fov_deg`` and with the whole frame to the encoder;
 - mesh size ~60k / ~240k / ~950k faces (the same anatomy from a CT at 1.4 mm and 0.7 mm voxels,
   and the 0.7 mm mesh subdivided once).
 
@@ -97,16 +99,22 @@ def run(airway, cfg, encoder, cam, init, frames, truth, size: int | None = None)
             "faces": int(len(airway.faces))}
 
 
-def native_case(seed: int, size: int, n: int):
+def native_case(seed: int, size: int, n: int, fov_deg: float | None = None):
     """(airway, camera, initial pose, frames, truth) of procedure ``seed`` filmed at ``size`` px
-    (written to runs/scaling_native once)."""
+    (with a centred camera of ``fov_deg`` when given; written to runs/scaling_native once)."""
     from bronchopt_ros.sim.case import CaseParams, write_case
 
-    case = ROOT / "runs" / "scaling_native" / f"case_{seed}_{size}px_{n}"
+    case = ROOT / "runs" / "scaling_native" / (f"case_{seed}_{size}px_{n}" + (f"_fov{fov_deg:g}" if fov_deg else ""))
     if not (case / "truth.tum").exists():
-        write_case(case, seed, CaseParams(size=size, n_frames=n, starts=False))
+        write_case(case, seed, CaseParams(size=size, n_frames=n, starts=False, fov_deg=fov_deg))
     cam, init, frames = load_events(case, n)
     return load_case_airway(case), cam, init, frames, truth_by_stamp(case)
+
+
+def _args(native, cfg, encoder):
+    """run()'s arguments for a :func:`native_case`."""
+    airway, cam, init, frames, truth = native
+    return airway, cfg, encoder, cam, init, frames, truth
 
 
 def meshes(case: Path, info: dict) -> list[tuple[str, Airway]]:
@@ -132,6 +140,8 @@ def main() -> int:
                     help="test-split procedures filmed at each size (none: skip)")
     ap.add_argument("--native-frames", type=int, default=450)  # the benchmark's 15 s procedures (shorter ones are
     # time-squeezed: a 5 s one starts with 2 mm steps, which tests the start from rest, not the size)
+    ap.add_argument("--fovs", type=float, nargs="*", default=[70.0, 85.0, 100.0, 120.0],
+                    help="fields of view (deg) the --native-seeds procedures are also filmed at (200 px)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scaling.json")
     args = ap.parse_args()
     case = args.case or default_case()
@@ -155,6 +165,17 @@ def main() -> int:
         rows_img.append({"image_px": s, **r})
         print(f"image {s:4d} px: {r['fps']:5.1f} frames/s  p95 {r['ms_p95']:5.1f} ms  error {r['trans_err_mm_mean']:.2f} mm"
               + (f"  filmed at {s} px: {r['native_trans_err_mm_mean']:.2f} mm" if native else ""), flush=True)
+    rows_fov = []
+    for fov in args.fovs if args.native_seeds else []:
+        row = {"fov_deg": fov}
+        for name, mf in (("default", cfg.max_fov_deg), ("whole_frame", 0.0)):
+            c = replace(cfg, max_fov_deg=mf)
+            errs = [run(*_args(native_case(seed, 200, args.native_frames, fov), c, encoder))["trans_err_mm_mean"]
+                    for seed in args.native_seeds]
+            row[name] = float(np.mean(errs))
+        rows_fov.append(row)
+        print(f"field of view {fov:5.1f} deg: {row['default']:.2f} mm (the whole frame to the encoder: "
+              f"{row['whole_frame']:.2f} mm)", flush=True)
     rows_mesh = []
     for name, airway in meshes(case, info):
         r = run(airway, cfg, encoder, cam, init, frames, truth)
@@ -166,11 +187,16 @@ def main() -> int:
           "| --- | --- | --- | --- | --- |"]
     md += [f"| {r['image_px']} | {r['fps']:.1f} | {r['ms_p95']:.1f} | {r['trans_err_mm_mean']:.2f} mm | "
            + (f"{r['native_trans_err_mm_mean']:.2f} mm |" if "native_trans_err_mm_mean" in r else "- |") for r in rows_img]
+    if rows_fov:
+        md += ["", f"| field of view (deg, 200 px) | mean error, filmed ({len(args.native_seeds)} procedures) | "
+               f"... the whole frame to the encoder (max_fov_deg 0) |", "| --- | --- | --- |"]
+        md += [f"| {r['fov_deg']:g} | {r['default']:.2f} mm | {r['whole_frame']:.2f} mm |" for r in rows_fov]
     md += ["", "| mesh | faces | frames/s | p95 ms/frame |", "| --- | --- | --- | --- |"]
     md += [f"| {r['mesh']} | {r['faces']:,} | {r['fps']:.1f} | {r['ms_p95']:.1f} |" for r in rows_mesh]
     print("\n".join(md))
     res = {"case": str(case.relative_to(ROOT)) if case.is_relative_to(ROOT) else str(case), "frames": len(frames),
-           "encoder": encoder.backend_name, "image_sizes": rows_img, "meshes": rows_mesh, "markdown": "\n".join(md),
+           "encoder": encoder.backend_name, "image_sizes": rows_img, "fields_of_view": rows_fov, "meshes": rows_mesh,
+           "markdown": "\n".join(md),
            "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": 2},
            "date": time.strftime("%Y-%m-%d")}
     args.out.parent.mkdir(parents=True, exist_ok=True)

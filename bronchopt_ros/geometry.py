@@ -293,10 +293,9 @@ class Camera:
         (left, right), (top, bottom) = axis(self.cx, self.width), axis(self.cy, self.height)
         return left, right, top, bottom
 
-    def padded(self, left: int, right: int, top: int, bottom: int) -> "Camera":
-        """The camera of the image with these pixels added on its sides."""
-        return Camera(self.width + left + right, self.height + top + bottom, self.fx, self.fy,
-                      self.cx + left, self.cy + top, self.dist)
+    def window(self, x0: int, y0: int, x1: int, y1: int) -> "Camera":
+        """The camera of the image's pixels [y0:y1, x0:x1] (a crop; beyond the image, padded)."""
+        return Camera(x1 - x0, y1 - y0, self.fx, self.fy, self.cx - x0, self.cy - y0, self.dist)
 
     def undistorted(self) -> "Camera":
         """The ideal pinhole camera that :meth:`undistort_image` produces (same K)."""

@@ -69,7 +69,7 @@ def pipeline_from_yaml(path: str | Path | None, mode: str | None = None):
     tcfg = TrackerConfig(**fields(tr))
     ocfg = OdometryConfig(**fields(params.get("odometry", {})))
     lcfg = LightingConfig(**fields(params.get("lighting", {})))
-    keys = ("renderer_backend", "encoder_backend", "encoder_weights", "encoder_input_size", "principal_point_tolerance",
+    keys = ("renderer_backend", "encoder_backend", "encoder_weights", "encoder_input_size", "principal_point_tolerance", "max_fov_deg",
             "device", "relocalisation", "relocalisation_cache")
     return PipelineConfig(tracker=tcfg, odometry=ocfg, lighting=lcfg, **{k: params[k] for k in keys if k in params})
 

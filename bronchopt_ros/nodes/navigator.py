@@ -267,6 +267,9 @@ class Navigator(Node):
                                         "A frame whose principal point is further than this share of its size "
                                         "from the centre is padded to centre it for the encoder (negative: never).",
                                         (-1.0, 1.0)),
+            max_fov_deg=p("max_fov_deg", pipe.max_fov_deg,
+                          "A wider field of view (deg) is cropped about the principal point for the encoder, "
+                          "trained at 70-95 deg (0: never).", (0.0, 179.0)),
             device=p("device", pipe.device, "Torch device: cpu or cuda."),
             relocalisation=p("relocalisation", pipe.relocalisation,
                              "Build the centerline view index (global embeddings) to relocalise when lost."),

@@ -53,6 +53,7 @@ class CaseParams:
 
     n_frames: int = 300
     size: int = 200  # image width = height; the paper's camera scaled to it
+    fov_deg: float | None = None  # horizontal field of view (a centred pinhole camera); None: the paper's (84.5 deg)
     fps: float = 30.0
     breathing: BreathingParams | None = field(default_factory=BreathingParams)
     split: str | None = None  # None: from the seed (splits.split_of)
@@ -81,8 +82,11 @@ class CaseResult:
     info: dict = field(default_factory=dict)
 
 
-def case_camera(size: int = 200) -> Camera:
-    """The paper's camera at ``size`` x ``size`` pixels."""
+def case_camera(size: int = 200, fov_deg: float | None = None) -> Camera:
+    """The paper's camera at ``size`` x ``size`` pixels, or a centred one with the horizontal
+    field of view ``fov_deg``."""
+    if fov_deg is not None:
+        return Camera.from_fov(size, size, fov_deg)
     return PAPER_CAMERA if size == 200 else PAPER_CAMERA.scaled(size, size)
 
 
@@ -261,7 +265,7 @@ def write_case(out_dir: str | Path, seed: int, params: CaseParams | None = None,
     if breathing is not None:
         breathing = BreathingParams(**{**asdict(breathing), "seed": seed})
     scene = Scene.from_airway(airway, breathing)
-    camera = case_camera(p.size)
+    camera = case_camera(p.size, p.fov_deg)
     stamps = frame_stamps_ns(len(traj), p.fps, p.t0_ns)
     lap("scene_s")
 

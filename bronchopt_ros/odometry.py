@@ -203,6 +203,10 @@ class FrameOdometry:
         # The camera's frame interval (s; None: unknown), set by its user (the tracker) for the
         # zoom's and the retry's slow_camera_s.
         self.camera_interval_s: float | None = None
+        # The picture within the video's black surround (H, W bool; None: the whole frame), set by
+        # its user: the reference's corners and pixels are taken a Lucas-Kanade window inside it.
+        self.valid_mask: np.ndarray | None = None
+        self._inner: tuple[int, np.ndarray] | None = None  # (id of the mask, it eroded)
 
     def _clear_reference(self) -> None:
         self._gray: np.ndarray | None = None  # the reference (key) frame (None: no reference)
@@ -227,6 +231,10 @@ class FrameOdometry:
         self._clear_reference()  # (the velocity is the camera's: kept)
         if stamp is not None:  # the next frame's step is timed from this one
             self._stamp = stamp
+        inner = self._inner_mask(gray.shape, camera)
+        if uv is not None and inner is not None:
+            px = np.clip(np.round(uv.reshape(-1, 2)).astype(int), 0, [gray.shape[1] - 1, gray.shape[0] - 1])
+            uv = uv[inner[px[:, 1], px[:, 0]]]
         if uv is None or len(uv) < c.min_inliers:
             return 0
         uv = uv.reshape(-1, 2).astype(np.float64)
@@ -243,8 +251,19 @@ class FrameOdometry:
         self._alive = np.ones(len(uv), bool)
         if c.photometric:
             self._photo = PhotometricReference.from_frame(gray, camera, pose, renderer, c.photometric_step,
-                                                          c.photometric_keep)
+                                                          c.photometric_keep, mask=inner)
         return len(uv)
+
+    def _inner_mask(self, shape: tuple[int, int], camera: Camera) -> np.ndarray | None:
+        """``valid_mask`` eroded by a Lucas-Kanade window (None: no mask, or not this image's)."""
+        m = self.valid_mask
+        if m is None or m.shape != tuple(shape):
+            return None
+        if self._inner is None or self._inner[0] != id(m):
+            r = lk_window(self.config.window, max(camera.width, camera.height)) // 2 + 2
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+            self._inner = (id(m), cv2.erode(m.astype(np.uint8), kernel).astype(bool))
+        return self._inner[1]
 
     def due(self) -> bool:
         """Whether the reference should be renewed: none, the last frame failed, it is
@@ -391,6 +410,10 @@ class FrameOdometry:
                                                    **lk)
         fb = np.linalg.norm((p0b - p0_lk).reshape(-1, 2), axis=1)
         good = (st1[:, 0] == 1) & (st2[:, 0] == 1) & (fb < c.fb_max_px)
+        inner = self._inner_mask(gray.shape, camera)
+        if inner is not None:  # (a corner followed out into the video's filled surround follows nothing)
+            px = np.clip(np.round(p1.reshape(-1, 2)).astype(int), 0, [gray.shape[1] - 1, gray.shape[0] - 1])
+            good &= inner[px[:, 1], px[:, 0]]
         ok = alive.copy()
         ok[alive] = good
         if int(ok.sum()) < c.min_inliers:

@@ -52,16 +52,19 @@ class PhotometricReference:
 
     @classmethod
     def from_frame(cls, gray: np.ndarray, camera: Camera, pose: Pose, renderer, step: float = 2.0,
-                   keep: float = 0.5, border: int = 4) -> "PhotometricReference | None":
+                   keep: float = 0.5, border: int = 4, mask: np.ndarray | None = None) -> "PhotometricReference | None":
         """Every ``step``-th pixel (at 200 px wide, scaled with the image) of ``gray`` whose gradient is
         among the strongest ``keep`` share (flat pixels tell nothing), lifted with the CT depth seen
         from ``pose`` (``renderer.depth_at``); pixels that see no wall are left out. None if fewer
-        than 50 remain."""
+        than 50 remain. ``mask`` (H, W bool): only pixels within it."""
         h, w = gray.shape
         stride = max(1, int(round(step * max(w, h) / 200.0)))
         g, gx, gy = image_gradients(gray)
         ys, xs = np.mgrid[border:h - border:stride, border:w - border:stride]
         ys, xs = ys.ravel(), xs.ravel()
+        if mask is not None:  # (only the picture within the video's black surround)
+            inside = mask[ys, xs]
+            ys, xs = ys[inside], xs[inside]
         grad = np.stack([gx[ys, xs], gy[ys, xs]], 1)
         if len(grad) == 0:
             return None

@@ -88,6 +88,10 @@ class EncoderDepthPredictor:
         conf = conf.reshape(h, w).clamp(0, 1)
         if not whole:  # (pixels added around the frame are no evidence: left out of the registration)
             conf = conf * torch.from_numpy(_inside(win, frame.camera, w, h))
+        if frame.mask is not None:  # (nor is the video's filled black surround)
+            m = frame.mask.astype(np.float32)
+            m = cv2.resize(m if whole else window_image(m, win), (w, h), interpolation=cv2.INTER_AREA)
+            conf = conf * torch.from_numpy((m >= 0.999).astype(np.float32))
         return DepthTarget(ld.reshape(h, w), conf, camera.scaled(w, h),
                            features=out.features, embedding=out.embedding,
                            embed=lambda: self.encoder.embed_rgb(out))

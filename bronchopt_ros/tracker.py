@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .geometry import Camera, Pose
+from .image_mask import BorderMask
 from .odometry import FrameOdometry, OdometryConfig, to_gray
 from .registration import (DepthRegConfig, DepthTarget, FeatureGNConfig, FeatureRegConfig, PosePrior, RegResult,
                            centerline_hypotheses, register_depth, register_features, register_features_gn,
@@ -52,11 +53,14 @@ class TrackState(enum.IntEnum):
 
 @dataclass
 class Frame:
-    """One undistorted RGB frame (H, W, 3 uint8, RGB order), its camera and stamp (seconds)."""
+    """One undistorted RGB frame (H, W, 3 uint8, RGB order), its camera and stamp (seconds);
+    ``mask`` (H, W bool, True: the scene): the picture within the endoscope's black surround, when
+    it has one (:mod:`bronchopt_ros.image_mask`; the surround then filled in ``rgb``)."""
 
     rgb: np.ndarray
     camera: Camera
     stamp: float
+    mask: np.ndarray | None = None
 
 
 class DepthPredictor(Protocol):
@@ -120,6 +124,11 @@ class TrackerConfig:
     # widened for frames dropped by a busy node it was slightly worse too (six cases replayed at
     # 20 processed frames/s: +0.02-0.06 mm each). At 30 frames/s nothing changes. 0: off.
     prior_period_s: float = 1.0 / 30.0
+    # Find the video's static black surround (an endoscope's circular / octagonal field: black and
+    # connected to the border in each of the first 5 frames), fill it by reflection for the encoder
+    # and leave it out of the registration and the odometry (bronchopt_ros/image_mask.py). With the
+    # inscribed circle's surround blacked out, validation procedure 2500 was lost at once without it.
+    border_mask: bool = True
     max_speed: float = 0.05  # m/s: how fast the tip can plausibly move; while LOST, candidates farther than
     # search_radius + max_speed x (time since the last trusted frame) from the last trusted pose are refused
     max_turn_rate: float = 1.5  # rad/s: how fast the tip can plausibly turn (roll included); while LOST, a found
@@ -409,6 +418,7 @@ class Tracker:
         self._probe_wait = 0  # frames until the next ambiguity probe while coasting on an ambiguous result
         self._search_cursor = 0  # where the wide search goes on at the next LOST frame
         self.odometry = FrameOdometry(self.odometry_config)
+        self._border = BorderMask()  # the video's black surround, if any (config.border_mask)
         self._odo_last = None
         self._odo_update = None  # (gray, camera, pose, stamp, motion) of the last frame: its reference update, deferred
         self.odometry_frames = 0  # frames whose prediction came from the odometry
@@ -532,6 +542,10 @@ class Tracker:
                 self._frame_intervals.append(s - prev)
             prev = s
         self.odometry.camera_interval_s = min(self._frame_intervals) if self._frame_intervals else None
+        if self.config.border_mask:
+            frame = self._masked(frame, learn=True)
+            skipped = [self._masked(f) for f in skipped]
+            self.odometry.valid_mask = frame.mask
         if self.pose is None:
             return TrackResult(frame.stamp, None, TrackState.INITIALISING, 0.0, 0.0, math.inf, 0,
                                time.perf_counter() - t0, 0.0)
@@ -818,6 +832,14 @@ class Tracker:
         idle = getattr(self.predictor, "idle", None)
         if idle is not None:
             idle()
+
+    def _masked(self, frame: Frame, learn: bool = False) -> Frame:
+        """``frame`` with the video's black surround (:class:`~bronchopt_ros.image_mask.BorderMask`,
+        learnt from the processed frames when ``learn``) filled and masked, or as it is (none)."""
+        mask = self._border(frame.rgb, learn)
+        if mask is None:
+            return frame
+        return Frame(self._border.fill(frame.rgb, mask), frame.camera, frame.stamp, mask)
 
     def _update_odometry_reference(self) -> None:
         """The deferred end of the last frame: keep or renew the odometry's reference frame."""

@@ -76,6 +76,8 @@ TRACKER_DOCS = {
     "init_prior_sigma_rad": ("... and this rotation sigma (rad) (0: no prior).", (0.0, 3.2)),
     "prior_sigma_roll": ("Sigma (rad) of the roll about the optical axis in that prior, which the CT's depth "
                          "barely sees in round bronchi (0: prior_sigma_rad).", (0.0, 1.0)),
+    "border_mask": ("Find the video's static black surround (an endoscope's circular or octagonal field), fill it "
+                    "for the encoder and leave it out of the registration and the odometry.", None),
     "prior_period_s": ("The camera frame interval (s) those sigmas are for; a slower camera's frames are further "
                        "apart, and the sigmas widen by sqrt(its interval / prior_period_s) (frames this node drops "
                        "do not count; 0: off).", (0.0, 1.0)),

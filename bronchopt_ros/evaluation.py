@@ -157,9 +157,10 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                     time.sleep(lag)
             index = getattr(tracker.relocaliser, "index", None)
             was_ready = index is None or index.ready
-            skipped = []
+            skipped, skipped_stamps = [], []
             if slot is not None:  # the node keeps the last skipped frames; the odometry may follow some
                 kept = slot.taken_skipped
+                skipped_stamps = [e.stamp_s for e in kept]
                 for i in tracker.select_skipped([e.stamp_s for e in kept], ev.stamp_s):
                     try:
                         skipped.append(prepare_frame(kept[i].data, camera, kept[i].stamp_s))
@@ -167,7 +168,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                         pass
             if tracker.clock is not None:
                 tracker.clock.now = slot.start
-            res = tracker.process(frame, skipped)
+            res = tracker.process(frame, skipped, skipped_stamps)
             latency_s = math.nan
             if slot is not None:
                 slot.done(res.time_s)

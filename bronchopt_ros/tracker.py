@@ -114,7 +114,7 @@ class TrackerConfig:
     # The prior's sigmas are for a camera of this frame interval (s); a slower camera's frames are
     # further apart and its prediction's error larger, so they widen by sqrt(interval /
     # prior_period_s) (the ratio to 1 %; the interval: the shortest between the last 30 frames the
-    # tracker saw, processed or followed, so frames a busy node drops do not count), as they do by
+    # tracker saw, processed or skipped, so frames a busy node drops do not count), as they do by
     # sqrt(1 + frames followed since the last registration, when that is more). Never narrowed.
     # bench/bench_framerate.py, the same procedures filmed at 15 frames/s, six each (measured
     # before the odometry's zoom and retry, OdometryConfig.zoom_min, which came later): validation
@@ -423,7 +423,7 @@ class Tracker:
         self._odo_update = None  # (gray, camera, pose, stamp, motion) of the last frame: its reference update, deferred
         self.odometry_frames = 0  # frames whose prediction came from the odometry
         self._tracking_times: deque = deque(maxlen=15)  # seconds a frame took, of the last tracked ones
-        self._frame_intervals: deque = deque(maxlen=30)  # s between the frames seen (processed or followed)
+        self._frame_intervals: deque = deque(maxlen=30)  # s between the frames seen (processed or skipped)
         self._follow_times: deque = deque(maxlen=16)  # seconds the odometry took per followed skipped frame
 
     def initialise(self, pose: Pose, covariance: np.ndarray | None = None) -> None:
@@ -519,10 +519,12 @@ class Tracker:
             return 0.0
         return period_s - waited_s + 0.25 * period_s
 
-    def process(self, frame: Frame, skipped: Sequence[Frame] = ()) -> TrackResult:
+    def process(self, frame: Frame, skipped: Sequence[Frame] = (), skipped_stamps: Sequence[float] = ()) -> TrackResult:
         """Register ``frame``; returns the result (state INITIALISING if never initialised).
         ``skipped``: frames since the last processed one that were not processed (oldest first,
-        as chosen by :meth:`select_skipped`); the odometry follows them first. With
+        as chosen by :meth:`select_skipped`); the odometry follows them first. ``skipped_stamps``:
+        the stamps of all the frames skipped since (followed or not; for the camera's frame
+        interval, ``prior_period_s`` and the odometry's ``slow_camera_s``). With
         ``config.pipelined`` a TRACKING frame's result may come before its registration is done
         (``registered`` False; see :class:`TrackerConfig`)."""
         t0 = time.perf_counter()
@@ -536,8 +538,9 @@ class Tracker:
             self._frame_intervals.clear()
         since = self.last_stamp if self.last_stamp is not None else -math.inf
         self.last_stamp = frame.stamp
-        prev = since  # the camera's frame interval: between the frames seen (processed or followed)
-        for s in [f.stamp for f in skipped if since < f.stamp < frame.stamp] + [frame.stamp]:
+        prev = since  # the camera's frame interval: between the frames seen (processed or skipped)
+        seen = sorted({f.stamp for f in skipped} | {float(t) for t in skipped_stamps})
+        for s in [t for t in seen if since < t < frame.stamp] + [frame.stamp]:
             if math.isfinite(prev) and s > prev:
                 self._frame_intervals.append(s - prev)
             prev = s

@@ -146,14 +146,16 @@ def test_the_odometry_prior_widens_for_a_slower_camera_and_never_narrows(rendere
     """The registration's prior around the odometry's prediction: its sigmas are for a camera of
     ``prior_period_s`` and widen by sqrt(1 + frames followed) or sqrt(the camera's frame interval /
     prior_period_s), whichever is more. The interval is the shortest between the frames the
-    tracker saw (processed, or skipped and followed): frames a busy node drops do not count."""
+    tracker saw (processed, or skipped: followed, or only their stamps told), so frames a busy
+    node drops do not count."""
     rgb = np.zeros((64, 64, 3), np.uint8)
     cam = CAM.scaled(64)
 
-    def widening(stamps, skipped=None, steps=0, **cfg):
+    def widening(stamps, skipped=None, steps=0, dropped=None, **cfg):
         tracker = Tracker(renderer, ExactDepth(renderer, {}), TrackerConfig(**cfg))
         for k, s in enumerate(stamps):  # (not initialised: each frame is only seen)
-            tracker.process(Frame(rgb, cam, s), [Frame(rgb, cam, x) for x in (skipped or {}).get(k, [])])
+            tracker.process(Frame(rgb, cam, s), [Frame(rgb, cam, x) for x in (skipped or {}).get(k, [])],
+                            (dropped or {}).get(k, []))
         p = tracker._odometry_prior(Pose.identity(), steps)
         tracker.close()
         assert p.sigma_rad / tracker.config.prior_sigma_rad == pytest.approx(p.sigma_m / tracker.config.prior_sigma_m)
@@ -171,6 +173,10 @@ def test_the_odometry_prior_widens_for_a_slower_camera_and_never_narrows(rendere
     assert widening(thirty[::2], skipped={k: [thirty[2 * k - 1]] for k in range(1, 8)}) == 1.0
     # ... or dropped now and then (a busy node): the shortest interval is still the camera's.
     assert widening([thirty[i] for i in (0, 1, 3, 4, 6, 8, 9)]) == 1.0
+    # ... or only every third processed, the others skipped unfollowed (a slow machine): their
+    # stamps still tell the camera's interval.
+    assert widening(thirty[::3]) == pytest.approx(np.sqrt(3))  # (unknown: the processed frames')
+    assert widening(thirty[::3], dropped={k: thirty[3 * k - 2:3 * k] for k in range(1, 6)}) == 1.0
 
 
 def test_hypotheses_are_in_the_lumen(renderer):

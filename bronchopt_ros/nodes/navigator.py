@@ -579,7 +579,7 @@ class Navigator(Node):
                                              self.max_image_size))
             except (ImageConversionError, ValueError):
                 pass  # a broken one among them is simply not followed
-        res = self.tracker.process(frame, skipped)
+        res = self.tracker.process(frame, skipped, [rc.stamp_to_sec(m.header.stamp) for m in kept])
         self.counters["processed"] += 1
         with self._lock:
             init_stamp, self._init_stamp = self._init_stamp, None

@@ -199,7 +199,8 @@ class Pose:
 
 @dataclass(frozen=True)
 class Camera:
-    """A pinhole camera with optional plumb_bob distortion ``(k1, k2, p1, p2, k3)``."""
+    """A pinhole camera with optional distortion: ``plumb_bob`` ``(k1, k2, p1, p2, k3)`` or, with
+    ``model`` ``equidistant`` (a fisheye lens, OpenCV's ``cv2.fisheye`` model), ``(k1, k2, k3, k4)``."""
 
     width: int
     height: int
@@ -208,6 +209,7 @@ class Camera:
     cx: float
     cy: float
     dist: np.ndarray = field(default_factory=lambda: np.zeros(5))
+    model: str = "plumb_bob"
 
     def __post_init__(self) -> None:
         vals = np.array([self.fx, self.fy, self.cx, self.cy], dtype=np.float64)
@@ -215,9 +217,14 @@ class Camera:
             raise ValueError(f"Camera: invalid size {self.width}x{self.height}")
         if not np.all(np.isfinite(vals)) or self.fx <= 0 or self.fy <= 0:
             raise ValueError(f"Camera: invalid intrinsics fx={self.fx} fy={self.fy} cx={self.cx} cy={self.cy}")
-        dist = np.zeros(5) if self.dist is None else np.asarray(self.dist, dtype=np.float64).reshape(-1)
+        n = 4 if self.model == "equidistant" else 5
+        if self.model not in ("plumb_bob", "equidistant"):
+            raise ValueError(f"Camera: unknown distortion model '{self.model}'")
+        dist = np.zeros(n) if self.dist is None else np.asarray(self.dist, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(dist)):
             raise ValueError("Camera: non-finite distortion coefficients")
+        if dist.size != n:
+            raise ValueError(f"Camera: the {self.model} model has {n} distortion coefficients, got {dist.size}")
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
         object.__setattr__(self, "dist", dist)
@@ -238,12 +245,17 @@ class Camera:
     def from_camera_info(cls, msg) -> "Camera":
         """From a ``sensor_msgs/CameraInfo`` (ROS message or any object with its fields).
 
-        Only ``plumb_bob`` (or an empty model with zero distortion) is accepted.
-        Raises ``ValueError`` with the reason for anything else.
+        ``plumb_bob``, ``rational_polynomial`` without k4..k6, ``equidistant`` (fisheye, 4
+        coefficients) or an empty model with zero distortion are accepted. Raises ``ValueError``
+        with the reason for anything else.
         """
         K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
         model = (msg.distortion_model or "").strip()
         d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+        if model == "equidistant":
+            if d.size != 4:
+                raise ValueError(f"CameraInfo: equidistant needs 4 coefficients, got {d.size}")
+            return cls(int(msg.width), int(msg.height), K[0, 0], K[1, 1], K[0, 2], K[1, 2], d, "equidistant")
         if model not in ("plumb_bob", "rational_polynomial", "") or (model == "" and np.any(d != 0)):
             raise ValueError(f"CameraInfo: unsupported distortion model '{model}'")
         if model == "rational_polynomial":
@@ -275,7 +287,7 @@ class Camera:
             height = int(round(self.height * width / self.width))
         sx, sy = width / self.width, height / self.height
         return Camera(width, height, self.fx * sx, self.fy * sy,
-                      (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5, self.dist)
+                      (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5, self.dist, self.model)
 
     def centring_pad(self, tolerance: float) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) pixels to add so that the principal point lies within
@@ -295,14 +307,14 @@ class Camera:
 
     def window(self, x0: int, y0: int, x1: int, y1: int) -> "Camera":
         """The camera of the image's pixels [y0:y1, x0:x1] (a crop; beyond the image, padded)."""
-        return Camera(x1 - x0, y1 - y0, self.fx, self.fy, self.cx - x0, self.cy - y0, self.dist)
+        return Camera(x1 - x0, y1 - y0, self.fx, self.fy, self.cx - x0, self.cy - y0, self.dist, self.model)
 
     def undistorted(self) -> "Camera":
         """The ideal pinhole camera that :meth:`undistort_image` produces (same K)."""
         return Camera(self.width, self.height, self.fx, self.fy, self.cx, self.cy)
 
     def undistort_image(self, image: np.ndarray) -> np.ndarray:
-        """Remove plumb_bob distortion, keeping K. Returns the input when there is none."""
+        """Remove the distortion (plumb_bob or equidistant), keeping K. Returns the input when there is none."""
         if not self.has_distortion:
             return image
         import cv2
@@ -350,20 +362,25 @@ class Camera:
 
     def to_dict(self) -> dict:
         return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
-                "cx": self.cx, "cy": self.cy, "dist": self.dist.tolist()}
+                "cx": self.cx, "cy": self.cy, "dist": self.dist.tolist(), "model": self.model}
 
 
 _MAP_CACHE: dict = {}
 
 
 def _undistort_maps(cam: Camera):
-    key = (cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy, tuple(cam.dist))
+    key = (cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy, tuple(cam.dist), cam.model)
     if key not in _MAP_CACHE:
         import cv2
 
         if len(_MAP_CACHE) > 16:
             _MAP_CACHE.clear()
-        _MAP_CACHE[key] = cv2.initUndistortRectifyMap(cam.K, cam.dist, None, cam.K, (cam.width, cam.height), cv2.CV_32FC1)
+        size = (cam.width, cam.height)
+        if cam.model == "equidistant":
+            _MAP_CACHE[key] = cv2.fisheye.initUndistortRectifyMap(cam.K, cam.dist.reshape(4, 1), np.eye(3), cam.K, size,
+                                                                  cv2.CV_32FC1)
+        else:
+            _MAP_CACHE[key] = cv2.initUndistortRectifyMap(cam.K, cam.dist, None, cam.K, size, cv2.CV_32FC1)
     return _MAP_CACHE[key]
 
 

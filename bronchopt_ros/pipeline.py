@@ -224,7 +224,7 @@ def _index_relocaliser(renderer, encoder, airway, cache_dir: str = ""):
 
 
 def prepare_frame(rgb: np.ndarray, camera: Camera, stamp: float, max_size: int = 256) -> Frame:
-    """Undistort (plumb_bob) and shrink the image so its longer side is at most ``max_size``
+    """Undistort (plumb_bob or equidistant) and shrink the image so its longer side is at most ``max_size``
     (the encoder never needs more), adjusting the camera to match."""
     if camera.has_distortion:
         rgb = camera.undistort_image(rgb)

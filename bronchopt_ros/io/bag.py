@@ -102,13 +102,14 @@ def _pose_from_msg(msg: Any) -> Pose:
 
 
 def camera_info_msg(camera: Camera, stamp_ns: int, frame_id: str = CAMERA_FRAME):
-    """A rosbags ``sensor_msgs/CameraInfo`` (plumb_bob, 5 coefficients) for ``camera``."""
+    """A rosbags ``sensor_msgs/CameraInfo`` for ``camera`` (its model: plumb_bob, 5 coefficients, or
+    equidistant, 4)."""
     ts = typestore().types
     P = np.zeros((3, 4))
     P[:, :3] = camera.K
     return ts["sensor_msgs/msg/CameraInfo"](
         header=make_header(stamp_ns, frame_id), height=camera.height, width=camera.width,
-        distortion_model="plumb_bob", d=np.asarray(camera.dist, dtype=np.float64).reshape(5),
+        distortion_model=camera.model, d=np.asarray(camera.dist, dtype=np.float64).reshape(-1),
         k=camera.K.reshape(-1).astype(np.float64), r=np.eye(3).reshape(-1), p=P.reshape(-1),
         binning_x=0, binning_y=0,
         roi=ts["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))

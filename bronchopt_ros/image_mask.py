@@ -35,6 +35,7 @@ class BorderMask:
 
     def reset(self) -> None:
         self._surround: np.ndarray | None = None  # (H, W) bool, black and border-connected in every frame so far
+        self._mask: np.ndarray | None = None  # the picture's mask from it (one array while it holds), or None
         self._seen = 0
         self._fill_maps = None
 
@@ -55,9 +56,8 @@ class BorderMask:
                 self._surround = s if self._surround is None else (self._surround & s)
                 self._seen += 1
                 self._fill_maps = None
-        if self._surround is None or self._surround.mean() < self.min_fraction:
-            return None
-        return ~self._surround
+                self._mask = None if self._surround.mean() < self.min_fraction else ~self._surround
+        return self._mask
 
     def fill(self, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """:func:`fill_surround` with this video's maps (made once per mask)."""

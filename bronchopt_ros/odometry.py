@@ -206,7 +206,7 @@ class FrameOdometry:
         # The picture within the video's black surround (H, W bool; None: the whole frame), set by
         # its user: the reference's corners and pixels are taken a Lucas-Kanade window inside it.
         self.valid_mask: np.ndarray | None = None
-        self._inner: tuple[int, np.ndarray] | None = None  # (id of the mask, it eroded)
+        self._inner: tuple[np.ndarray, np.ndarray] | None = None  # (the mask, it eroded)
 
     def _clear_reference(self) -> None:
         self._gray: np.ndarray | None = None  # the reference (key) frame (None: no reference)
@@ -259,10 +259,10 @@ class FrameOdometry:
         m = self.valid_mask
         if m is None or m.shape != tuple(shape):
             return None
-        if self._inner is None or self._inner[0] != id(m):
+        if self._inner is None or self._inner[0] is not m:
             r = lk_window(self.config.window, max(camera.width, camera.height)) // 2 + 2
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-            self._inner = (id(m), cv2.erode(m.astype(np.uint8), kernel).astype(bool))
+            self._inner = (m, cv2.erode(m.astype(np.uint8), kernel).astype(bool))
         return self._inner[1]
 
     def due(self) -> bool:

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from _tables import markdown_table, write_results  # (bench/: the script's own folder)
+
 RATES = (60, 30, 15)  # frames/s; 60 divided by each must be an integer
 KEYS = ("frames", "trans_err_mm_mean", "rot_err_rad_mean", "success_rate", "lost_frames", "wrong_while_tracking")
 
@@ -148,19 +150,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"wrong while TRACKING {m['wrong_while_tracking']}", flush=True)
     table = {rate: pooled(r) for rate, r in rows.items()}
     print()
-    print("| camera frames/s | anatomies | frames | mm | rad | success | LOST frames | wrong while TRACKING "
-          "| anatomies under 95 % |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for rate, p in table.items():
-        print(f"| {rate} | {p['cases']} | {p['frames']} | {p['trans_err_mm_mean']:.2f} | {p['rot_err_rad_mean']:.3f} | "
-              f"{100 * p['success_rate']:.1f} % | {p['lost_frames']} | {p['wrong_while_tracking']} | "
-              f"{p['failed_cases']} |")
+    print(markdown_table(
+        ["camera frames/s", "anatomies", "frames", "mm", "rad", "success", "LOST frames", "wrong while TRACKING",
+         "anatomies under 95 %"],
+        [[rate, p["cases"], p["frames"], f"{p['trans_err_mm_mean']:.2f}", f"{p['rot_err_rad_mean']:.3f}",
+          f"{100 * p['success_rate']:.1f} %", p["lost_frames"], p["wrong_while_tracking"], p["failed_cases"]]
+         for rate, p in table.items()]))
     print(f"\n({time.time() - t0:.0f} s)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "config": args.config,
-                                              "seconds": args.seconds, "pooled": table, "by_case": rows}, indent=2))
-        print(f"written {args.out}")
+    write_results(args.out, {"config": args.config, "seconds": args.seconds, "pooled": table, "by_case": rows})
     return 0
 
 

@@ -16,7 +16,6 @@ frame is due).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -25,6 +24,7 @@ from pathlib import Path
 from bronchopt_ros.evaluation import summarise, track_case
 from bronchopt_ros.pipeline import PipelineConfig, load_default_encoder
 from bronchopt_ros.threads import limit_threads
+from _tables import markdown_table, write_results  # (bench/: the script's own folder)
 
 RATES = (30.0, 20.0, 15.0, 12.5, 10.0, 8.0, 6.0, 5.0)  # processed frames per second
 
@@ -63,19 +63,14 @@ def main(argv=None) -> int:
                   f"wrong while TRACKING {d['wrong_while_tracking']} (blind_probe off: {o['wrong_while_tracking']}, "
                   f"{o['trans_err_mm_mean']:.2f} mm {100 * o['success_rate']:.0f} %)", flush=True)
     print()
-    print("| case | processed frames/s | frames | mm | rad | success | LOST frames | wrong while TRACKING "
-          "| ... with blind_probe off |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for row in results:
-        d, o = row["default"], row["blind_probe_off"]
-        print(f"| {row['case']} | {row['rate']:g} | {d['frames']} | {d['trans_err_mm_mean']:.2f} | "
-              f"{d['rot_err_rad_mean']:.3f} | {100 * d['success_rate']:.0f} % | {d['lost_frames']} | "
-              f"{d['wrong_while_tracking']} | {o['wrong_while_tracking']} |")
+    print(markdown_table(
+        ["case", "processed frames/s", "frames", "mm", "rad", "success", "LOST frames", "wrong while TRACKING",
+         "... with blind_probe off"],
+        [[row["case"], f"{row['rate']:g}", d["frames"], f"{d['trans_err_mm_mean']:.2f}", f"{d['rot_err_rad_mean']:.3f}",
+          f"{100 * d['success_rate']:.0f} %", d["lost_frames"], d["wrong_while_tracking"], o["wrong_while_tracking"]]
+         for row in results for d, o in [(row["default"], row["blind_probe_off"])]]))
     print(f"\n({time.time() - t0:.0f} s)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": results}, indent=2))
-        print(f"written {args.out}")
+    write_results(args.out, {"results": results})
     return 0
 
 

@@ -16,7 +16,6 @@ changed tracker runs again.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -24,9 +23,9 @@ import time
 from pathlib import Path
 
 from _tables import markdown_table, write_results  # (bench/: the script's own folder)
+from _tracking import pooled, settings_hash, track
 
 RATES = (60, 30, 15)  # frames/s; 60 divided by each must be an integer
-KEYS = ("frames", "trans_err_mm_mean", "rot_err_rad_mean", "success_rate", "lost_frames", "wrong_while_tracking")
 
 
 def make_case(work: Path, seed: int, seconds: float) -> Path:
@@ -72,46 +71,6 @@ def subsample_case(src: Path, dst: Path, every: int) -> Path:
     (tmp / "case.json").write_text(json.dumps(info, indent=1))
     tmp.rename(dst)
     return dst
-
-
-def track(case: Path, cfg, encoder, results: Path) -> dict:
-    """The case tracked over every frame (kept in ``results``)."""
-    from bronchopt_ros.evaluation import summarise, track_case
-
-    key = results / f"{case.name}.json"
-    if key.exists():
-        return json.loads(key.read_text())
-    records, _, tracker = track_case(case, cfg, encoder=encoder, progress=False)
-    tracker.close()
-    m = summarise(records)
-    out = {k: m[k] for k in KEYS}
-    out["trachea_trans_mm"] = m.get("by_generation", {}).get("trachea", {}).get("trans_err_mm_mean")
-    key.write_text(json.dumps(out))
-    return out
-
-
-def settings_hash(cfg_text: str) -> str:
-    """12 hex digits of the config's text and the package's source (kept results belong to both)."""
-    import bronchopt_ros
-
-    h = hashlib.sha256(cfg_text.encode())
-    root = Path(bronchopt_ros.__file__).parent
-    for f in sorted(root.rglob("*.py")):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def pooled(rows: list[dict]) -> dict:
-    """Frame-weighted means over the cases (counts summed)."""
-    n = sum(r["frames"] for r in rows)
-    out = {"frames": n, "cases": len(rows)}
-    for k in ("trans_err_mm_mean", "rot_err_rad_mean", "success_rate"):
-        out[k] = sum(r[k] * r["frames"] for r in rows) / max(n, 1)
-    for k in ("lost_frames", "wrong_while_tracking"):
-        out[k] = sum(r[k] for r in rows)
-    out["failed_cases"] = sum(r["success_rate"] < 0.95 for r in rows)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,28 @@ def test_reproducible_and_preview(case, tmp_path):
     assert main(["sim", "preview", str(tmp_path / "nothing")]) == 2
 
 
+def test_case_through_a_given_airway(case, tmp_path):
+    """``--airway``: a procedure through the user's own airway mesh (here the fixture case's, without
+    its centerline, which is then computed from the mesh); the seed still picks procedure and
+    appearance, and case.json says where the airway came from."""
+    import shutil
+
+    mesh = tmp_path / "patient.ply"
+    shutil.copy(case / "airway.ply", mesh)
+    out = tmp_path / "given"
+    assert main(["sim", "case", "--seed", "3002", "--out", str(out), "--airway", str(mesh), "--frames", "12",
+                 "--size", "64", "--no-starts", "--quiet"]) == 0
+    info = json.loads((out / "case.json").read_text())
+    assert info["anatomy"] == {"source": "given airway", "file": str(mesh)} and info["frames"] == 12
+    assert info["appearance_domain"] == "test" and info["centerline_branches"] > 1
+    given, written = trimesh.load(mesh), trimesh.load(out / "airway.ply")
+    assert len(written.faces) == len(given.faces) and np.allclose(written.bounds, given.bounds, atol=1e-3)
+    stamps, truth = read_tum(out / "truth.tum")
+    assert len(truth) == 12 and (read_tum(case / "truth.tum")[1][0].t != truth[0].t).any()  # its own procedure
+    assert main(["sim", "case", "--seed", "3002", "--out", str(tmp_path / "x"), "--airway",
+                 str(tmp_path / "missing.stl"), "--quiet"]) == 2
+
+
 def test_training_seed_refused_for_test_split():
     from bronchopt_ros.sim.splits import check_split
 

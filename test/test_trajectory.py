@@ -72,6 +72,17 @@ def test_reproducible_and_target(airway, rc):
     assert len(c) == 61
 
 
+def test_spread_targets_visit_each_lobe():
+    """Targets for a bench over a given tree: one per generation-2 branch (a shallower leaf is its
+    own group) in turn, each the deepest there within reach, then again."""
+    from bronchopt_ros.sim.trajectory import TrajectoryError, spread_targets
+
+    cl = small_centerline()  # 0 trachea; 1 right main -> 3, 4; 2 left main (a leaf)
+    assert spread_targets(cl, 5, 30.0) == [2, 3, 4, 2, 3]
+    with pytest.raises(TrajectoryError):
+        spread_targets(cl, 2, 0.5)  # 6.5 mm of insertion reaches no branch's end
+
+
 def test_lumen_poses_inside(airway, rc):
     poses = sample_lumen_poses(airway, np.random.default_rng(0), 150)
     c = np.array([p.t for p in poses])

@@ -4,6 +4,7 @@ Examples::
 
     bronchopt sim case --seed 3000 --out cases/case_3000              # one case (CONTRACT.md layout)
     bronchopt sim case --seed 3001 --out c --frames 120 --size 128 --ct  # also write ct.nii.gz
+    bronchopt sim case --seed 3900 --out c --airway seg.nii.gz       # a procedure through your own airway
     bronchopt sim preview cases/case_3000                             # contact sheet PNG
     bronchopt sim benchmark --out bench_data                          # the fixed benchmark (resumable)
     bronchopt sim anatomy --seed 1000 --out a/                        # mesh, centerline and CT only
@@ -33,6 +34,14 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
     c.add_argument("--breathing", type=float, default=0.03, help="breathing amplitude (0 = none) [%(default)s]")
     c.add_argument("--divergence-mm", type=float, default=1.0, help="static CT-to-body warp amplitude [%(default)s]")
     c.add_argument("--generations", type=int, default=6, help="airway generations below the trachea [%(default)s]")
+    c.add_argument("--airway", default=None, metavar="PATH",
+                   help="fly through this airway instead of generating one: a mesh (STL/PLY/OBJ, --airway-units) "
+                        "or a CT / airway label map (NIfTI); its centerline is computed unless a sidecar "
+                        "PATH.centerline.json exists. The seed still picks the procedure and the appearance")
+    c.add_argument("--airway-units", default="mm", choices=["mm", "m"], help="units of an --airway mesh [%(default)s]")
+    c.add_argument("--label", type=int, default=None, help="label of the airway in an --airway label map [any non-zero]")
+    c.add_argument("--fov-deg", type=float, default=None,
+                   help="horizontal field of view of a centred camera [the paper's camera, 84.5 deg]")
     c.add_argument("--no-starts", action="store_true", help="no starts/ for the frame-wise protocol")
     c.add_argument("--start-every", type=int, default=5, help="starts for every k-th frame [%(default)s]")
     c.add_argument("--compressed", choices=["jpeg", "png"], default=None, help="also write image_raw/compressed")
@@ -84,11 +93,21 @@ def run_case(args: argparse.Namespace) -> int:
     breathing = None
     if args.breathing > 0 or args.divergence_mm > 0:
         breathing = BreathingParams(amplitude=args.breathing, divergence=args.divergence_mm * 1e-3)
-    cp = CaseParams(n_frames=args.frames, size=args.size, fps=args.fps, breathing=breathing,
+    cp = CaseParams(n_frames=args.frames, size=args.size, fov_deg=args.fov_deg, fps=args.fps, breathing=breathing,
                     starts=not args.no_starts, start_every=args.start_every, compressed=args.compressed,
                     storage=args.storage, write_ct=args.ct)
-    res = write_case(args.out, args.seed, cp, anatomy_params=AnatomyParams(generations=args.generations),
-                     progress=not args.quiet)
+    anatomy = None
+    if args.airway:
+        from ..airway.loading import load_airway_with_centerline
+
+        try:
+            anatomy = load_airway_with_centerline(args.airway, units=args.airway_units, label=args.label)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"sim case: {exc}")
+            return 2
+    res = write_case(args.out, args.seed, cp, anatomy=anatomy,
+                     anatomy_params=AnatomyParams(generations=args.generations), progress=not args.quiet,
+                     anatomy_source=args.airway)
     t = res.timing
     print(f"case {args.seed} ({res.info['split']}, {res.frames} frames at {args.size}px) -> {args.out}: "
           f"{t['total_s']:.1f} s ({t['anatomy_s']:.1f} s anatomy, {t.get('render_s', 0):.1f} s images)")

@@ -187,13 +187,15 @@ def _one_start(truth: Pose, mt: float, mr: float, index: CenterlineIndex, raycas
 
 # =========================================================================== the case
 def write_case(out_dir: str | Path, seed: int, params: CaseParams | None = None, *, anatomy: Any = None,
-               anatomy_params: Any = None, appearance: Appearance | None = None, progress: bool = False) -> CaseResult:
+               anatomy_params: Any = None, appearance: Appearance | None = None, progress: bool = False,
+               anatomy_source: str | Path | None = None) -> CaseResult:
     """Write the case of anatomy ``seed`` to ``out_dir`` (created; existing files overwritten,
     an existing ``procedure/`` bag is replaced).
 
     ``anatomy`` may be a ready :class:`~bronchopt_ros.sim.anatomy.SyntheticAnatomy` or an
     :class:`Airway` with a centerline (then nothing is generated and the seed only seeds the
-    procedure); ``anatomy_params`` are passed to ``generate_anatomy`` otherwise.
+    procedure; ``anatomy_source``, the file it came from, goes into case.json); ``anatomy_params``
+    are passed to ``generate_anatomy`` otherwise.
     """
     import shutil
 
@@ -228,7 +230,7 @@ def write_case(out_dir: str | Path, seed: int, params: CaseParams | None = None,
         anatomy = generate_anatomy(seed, anatomy_params, progress=progress)
     if isinstance(anatomy, Airway):
         airway = anatomy
-        anatomy_info = {"source": "given airway"}
+        anatomy_info = {"source": "given airway", "file": None if anatomy_source is None else str(anatomy_source)}
     else:
         airway, ct = anatomy.airway, getattr(anatomy, "ct", None)
         anatomy_info = {"source": "generate_anatomy", "params": _jsonable(getattr(anatomy, "params", None)),

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..airway.mesh import Airway
     from ..render.raycast import Raycaster
 
-__all__ = ["TrajectoryParams", "Trajectory", "TrajectoryError", "CenterlineIndex", "LumenSampler",
+__all__ = ["TrajectoryParams", "Trajectory", "TrajectoryError", "CenterlineIndex", "LumenSampler", "spread_targets",
            "LumenPoseParams", "plan_procedure", "sample_lumen_pose", "sample_lumen_poses",
            "wall_distance", "lumen_margin", "inside_lumen"]
 
@@ -229,16 +229,25 @@ def smooth_noise(rng: np.random.Generator, n: int, dims: int, timescale_frames: 
     return f / max(float(f.std()), 1e-9) if n > 1 else f
 
 
+def _wide_branches(cl: Centerline, p: TrajectoryParams) -> list:
+    """Branches (not the trachea) whose whole path is at least ``min_target_radius`` wide (all
+    non-root branches when none is)."""
+    wide = [b for b in cl.branches if b.parent >= 0 and cl.path_to(b.id)[1].min() >= p.min_target_radius]
+    return wide or [b for b in cl.branches if b.parent >= 0] or list(cl.branches)
+
+
+def _path_needed(cl: Centerline, b, p: TrajectoryParams, s0: float) -> float:
+    """Metres of insertion from the start ``s0`` to the stop before the end of branch ``b``."""
+    return sum(x.length for x in cl.lineage(b.id)) - s0 - max(p.end_clearance, 1.5 * b.radii[-1])
+
+
 def _choose_target(cl: Centerline, rng: np.random.Generator, p: TrajectoryParams, s0: float,
                    budget: float | None) -> int:
     """A target branch: a deep leaf (wide enough all the way) when time allows; with a length
     ``budget`` (metres of path a short recording can cover) the deepest branches within reach."""
-    wide = [b for b in cl.branches if b.parent >= 0 and cl.path_to(b.id)[1].min() >= p.min_target_radius]
-    if not wide:
-        wide = [b for b in cl.branches if b.parent >= 0] or list(cl.branches)
+    wide = _wide_branches(cl, p)
     if budget is not None:
-        need = {b.id: sum(x.length for x in cl.lineage(b.id)) - s0 - max(p.end_clearance, 1.5 * b.radii[-1])
-                for b in wide}
+        need = {b.id: _path_needed(cl, b, p, s0) for b in wide}
         reach = [b for b in wide if need[b.id] <= budget]
         if reach:
             top = max(b.generation for b in reach)
@@ -250,6 +259,28 @@ def _choose_target(cl: Centerline, rng: np.random.Generator, p: TrajectoryParams
     deep = [b for b in ok if b.generation >= p.min_target_generation]
     pool = deep or ok or wide
     return int(pool[rng.integers(len(pool))].id)
+
+
+def spread_targets(cl: Centerline, n: int, duration_s: float, params: TrajectoryParams | None = None) -> list[int]:
+    """``n`` target branches spread over the tree, for procedures of ``duration_s`` seconds: the
+    deepest wide-enough branch within reach (as :func:`plan_procedure` draws them) under each
+    generation-2 branch in turn (each lobar bronchus; generation 1 where the tree has no deeper
+    level; a shallower leaf is its own group), so that the procedures do not all go down the one deepest path. A real tree's
+    deepest reachable branches often lie in one lobe; :func:`plan_procedure`'s own draw then
+    repeats that path."""
+    p = params or TrajectoryParams()
+    s0 = min(p.start_depth, p.start_depth_frac * cl.root.length)
+    budget = p.reach_speed * duration_s
+    reach = [b for b in _wide_branches(cl, p) if _path_needed(cl, b, p, s0) <= budget]
+    if not reach:
+        raise TrajectoryError(f"no branch within reach of a {duration_s:.1f} s procedure")
+    level = 2 if any(b.generation >= 2 for b in reach) else 1
+    groups: dict[int, list] = {}
+    for b in (b for b in reach if b.generation >= level or not cl.children(b.id)):
+        anc = next((x.id for x in cl.lineage(b.id) if x.generation == level), b.id)
+        groups.setdefault(anc, []).append(b)
+    picks = [max(g, key=lambda b: (b.generation, -b.id)).id for _, g in sorted(groups.items())]
+    return [int(picks[k % len(picks)]) for k in range(n)]
 
 
 def _progress_profile(rng: np.random.Generator, s0: float, s1: float, p: TrajectoryParams) -> tuple[np.ndarray, np.ndarray]:

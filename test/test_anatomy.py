@@ -163,3 +163,37 @@ def test_default_anatomy():
     rc = Raycaster(anat.airway.vertices, anat.airway.faces)
     p, _, _ = anat.centerline.all_points()
     assert rc.contains(p[::5]).mean() > 0.98
+
+
+def test_shaped_lumens_leave_the_round_tube_but_keep_tree_and_closure(small):
+    """``lumen_ellipticity`` / ``lumen_lobes``: the same tree (its own random stream), a closed
+    lumen, but cross-sections that leave the round tube by a millimetre or so; the default stays
+    round (test above)."""
+    import trimesh
+    from dataclasses import replace
+
+    shaped = generate_anatomy(7, replace(SMALL, lumen_ellipticity=0.15, lumen_lobes=0.2))
+    for b1, b2 in zip(small.centerline.branches, shaped.centerline.branches):
+        assert np.allclose(b1.points, b2.points) and np.allclose(b1.radii, b2.radii)
+    v = shaped.airway.vertices
+    assert trimesh.Trimesh(v, shaped.airway.faces, process=False).is_watertight
+    top = v[:, 2] > shaped.centerline.root.points[0, 2] - 2e-3
+    err = tube_signed_distance(shaped.centerline, v[~top])
+    assert np.percentile(np.abs(err), 95) > 4 * SMALL.voxel_mm * 0.3  # round: < 0.3 voxel median
+    assert np.median(np.abs(err)) > 0.3 and abs(np.median(err)) < 0.5  # mm; about the round tube, not all out
+
+
+def test_lumen_profile_shapes():
+    from bronchopt_ros.sim.ct_synth import LumenProfile
+
+    phi, s = np.linspace(0, 2 * np.pi, 360, endpoint=False), np.zeros(360)
+    ell = LumenProfile(0.2, 0.3, np.zeros(4), np.zeros(4), 15.0, np.zeros(5))
+    f = ell.scale(phi, s)
+    assert f.max() == pytest.approx(1.2, abs=1e-3) and f.min() == pytest.approx(0.8, abs=1e-3)
+    assert phi[np.argmax(f)] == pytest.approx(0.3, abs=0.02)  # the long axis at phi0 (and phi0 + pi)
+    assert np.allclose(f, np.roll(f, 180))  # two-fold
+    three = LumenProfile(0.0, 0.0, np.array([0.1, 0, 0, 0]), np.zeros(4), 15.0, np.zeros(5))
+    g = three.scale(phi, s)
+    assert np.allclose(g, np.roll(g, 120)) and g.mean() == pytest.approx(1.0, abs=1e-9)  # three folds, area kept
+    drawn = LumenProfile.draw(np.random.default_rng(0), 0.12, 0.15)
+    assert 0 <= drawn.e <= 0.3 and np.all(np.abs(drawn.a) <= 0.15) and 10 <= drawn.wavelength <= 25

@@ -76,7 +76,7 @@ def test_cli_train_smoke(tmp_path, capsys):
     assert "rank_1mm" in capsys.readouterr().out
 
 
-def test_light_offset_reaches_the_config_and_the_rendered_frames(tmp_path):
+def test_light_offset_and_lumen_shape_reach_the_config_and_the_worlds(tmp_path):
     """``--light-offset MIN MAX`` is kept in train_config.json (so ``--resume`` keeps it) and moves
     the training frames' light, not their geometry."""
     from bronchopt_ros.cli import main
@@ -86,9 +86,9 @@ def test_light_offset_reaches_the_config_and_the_rendered_frames(tmp_path):
     out = tmp_path / "cli"
     assert main(["train", "--out", str(out), "--source", "toy", "--steps", "1", "--batch-size", "2",
                  "--input-size", "64", "--workers", "0", "--train-anatomies", "1", "--val-anatomies", "1",
-                 "--val-frames", "2", "--quiet", "--light-offset", "0.001", "0.0014"]) == 0
+                 "--val-frames", "2", "--quiet", "--light-offset", "0.001", "0.0014", "--lumen-shape", "0.1", "0.2"]) == 0
     cfg = TrainConfig.from_dict(json.loads((out / "train_config.json").read_text()))
-    assert cfg.light_offset == (0.001, 0.0014)
+    assert cfg.light_offset == (0.001, 0.0014) and cfg.lumen_shape == (0.1, 0.2)
     [world] = WorldFactory("sim", (1000,), str(tmp_path / "cache"), True, (1.2e-3, 1.2e-3))()
     cam = Camera.from_fov(64, 64, 85.0)
     pose = world.sample_pose(np.random.default_rng(0))
@@ -97,6 +97,12 @@ def test_light_offset_reaches_the_config_and_the_rendered_frames(tmp_path):
     plain = world.view(cam, pose, np.random.default_rng(1))
     assert np.array_equal(lit["depth"], plain["depth"])
     assert np.abs(lit["rgb"].astype(int) - plain["rgb"]).mean() > 2.0
+    # --lumen-shape: the same tree with shaped lumens, cached apart from the round one
+    [shaped] = WorldFactory("sim", (1000,), str(tmp_path / "cache"), True, None, (0.12, 0.15))()
+    assert (tmp_path / "cache" / "anatomy_1000_shape0.12_0.15.npz").exists()
+    assert (tmp_path / "cache" / "anatomy_1000.npz").exists()
+    assert shaped.airway.centerline.to_dict() == world.airway.centerline.to_dict()
+    assert len(shaped.airway.faces) != len(world.airway.faces)
 
 
 def test_augmentation_changes_appearance_not_geometry():

@@ -99,6 +99,15 @@ def test_case_through_a_given_airway(case, tmp_path):
                  str(tmp_path / "missing.stl"), "--quiet"]) == 2
 
 
+def test_case_with_shaped_lumens(tmp_path):
+    """``--lumen-shape``: the anatomy's lumens elliptic / folded, recorded in case.json."""
+    out = tmp_path / "shaped"
+    assert main(["sim", "case", "--seed", "3001", "--out", str(out), "--lumen-shape", "0.12", "0.15", "--frames", "4",
+                 "--size", "48", "--generations", "3", "--no-starts", "--quiet"]) == 0
+    params = json.loads((out / "case.json").read_text())["anatomy"]["params"]
+    assert params["lumen_ellipticity"] == 0.12 and params["lumen_lobes"] == 0.15
+
+
 def test_training_seed_refused_for_test_split():
     from bronchopt_ros.sim.splits import check_split
 

@@ -34,6 +34,9 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
     c.add_argument("--breathing", type=float, default=0.03, help="breathing amplitude (0 = none) [%(default)s]")
     c.add_argument("--divergence-mm", type=float, default=1.0, help="static CT-to-body warp amplitude [%(default)s]")
     c.add_argument("--generations", type=int, default=6, help="airway generations below the trachea [%(default)s]")
+    c.add_argument("--lumen-shape", type=float, nargs=2, default=None, metavar=("ELLIPTICITY", "LOBES"),
+                   help="elliptic / folded lumen cross-sections of the generated airway (sd of each, e.g. 0.12 0.15; "
+                        "default round tubes)")
     c.add_argument("--airway", default=None, metavar="PATH",
                    help="fly through this airway instead of generating one: a mesh (STL/PLY/OBJ, --airway-units) "
                         "or a CT / airway label map (NIfTI); its centerline is computed unless a sidecar "
@@ -105,8 +108,9 @@ def run_case(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"sim case: {exc}")
             return 2
+    shape = dict(lumen_ellipticity=args.lumen_shape[0], lumen_lobes=args.lumen_shape[1]) if args.lumen_shape else {}
     res = write_case(args.out, args.seed, cp, anatomy=anatomy,
-                     anatomy_params=AnatomyParams(generations=args.generations), progress=not args.quiet,
+                     anatomy_params=AnatomyParams(generations=args.generations, **shape), progress=not args.quiet,
                      anatomy_source=args.airway)
     t = res.timing
     print(f"case {args.seed} ({res.info['split']}, {res.frames} frames at {args.size}px) -> {args.out}: "

@@ -55,6 +55,7 @@ class WorldFactory:
     cache_dir: str | None = None  # anatomies are cached here (sim)
     breathing: bool = True
     light_offset: tuple[float, float] | None = None  # m: the training frames' light guide offsets (sim)
+    lumen_shape: tuple[float, float] | None = None  # (ellipticity, lobes) of the anatomies' lumens (sim)
 
     def __call__(self) -> list:
         if self.source == "toy":
@@ -65,7 +66,7 @@ class WorldFactory:
             from .sim_world import SimWorld
 
             return [SimWorld(int(s), cache_dir=self.cache_dir, breathing=self.breathing,
-                             light_offset=self.light_offset) for s in self.seeds]
+                             light_offset=self.light_offset, lumen_shape=self.lumen_shape) for s in self.seeds]
         raise ValueError(f"unknown data source {self.source!r}")
 
 
@@ -116,6 +117,9 @@ class TrainConfig:
     # the training frames' light guide offsets (min, max in m); None: the train domain's 0-0.6 mm.
     # Validation keeps each domain's own (its figures stay comparable between runs).
     light_offset: tuple[float, float] | None = None
+    # the training anatomies' lumen cross-sections (ellipticity, lobes: AnatomyParams.lumen_*);
+    # None: round tubes. Validation keeps round ones, like the light.
+    lumen_shape: tuple[float, float] | None = None
     queue_size: int = 512
     model: ModelConfig = field(default_factory=ModelConfig)
     progress: bool = True
@@ -129,7 +133,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["model"] = ModelConfig.from_dict(d.get("model", {}))
-        for k in ("train_seeds", "val_seeds", "trans_m", "rot_rad", "light_offset"):
+        for k in ("train_seeds", "val_seeds", "trans_m", "rot_rad", "light_offset", "lumen_shape"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         known = set(cls.__dataclass_fields__)
@@ -351,7 +355,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
     val = make_val_set(cfg)
-    factory = WorldFactory(cfg.source, cfg.train_seeds, str(out / "cache"), cfg.breathing, cfg.light_offset)
+    factory = WorldFactory(cfg.source, cfg.train_seeds, str(out / "cache"), cfg.breathing, cfg.light_offset,
+                           cfg.lumen_shape)
     pc = PairConfig(size=cfg.input_size, n_perturb=cfg.n_perturb, domain="train", trans_m=cfg.trans_m,
                     rot_rad=cfg.rot_rad, augment=AugmentConfig(p_illumination=cfg.p_illumination))
     ds = PairDataset(factory, pc, cfg.seed, start=step)

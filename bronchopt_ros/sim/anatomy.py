@@ -82,6 +82,12 @@ class AnatomyParams:
     # Collision handling
     clearance_mm: float = 0.8  # min gap between the lumens of unrelated branches
     point_spacing_mm: float = 1.0
+    # Lumen cross-sections (ct_synth.LumenProfile): 0 and 0 give round tubes (the default: every
+    # benchmark, validation and training anatomy so far). Real bronchi are mildly elliptic with
+    # folds; ellipticity is the sd of (a - b) / (a + b) of the ellipse, lobes the sd of the 3-fold
+    # term's relative amplitude (k-fold: lobes / k).
+    lumen_ellipticity: float = 0.0
+    lumen_lobes: float = 0.0
     # CT synthesis (see bronchopt_ros.sim.ct_synth)
     voxel_mm: float = 0.7
     wall_fraction: float = 0.15  # wall thickness / lumen diameter

@@ -1,7 +1,8 @@
 """A synthetic chest CT (Hounsfield units) from an airway centerline's tube geometry.
 
-Every branch is a tube (its centerline points with their radii); the lumen is the union of the
-tubes, the bronchial wall a ring of thickness ``wall_fraction`` x the diameter around each
+Every branch is a tube (its centerline points with their radii), round unless
+``AnatomyParams.lumen_ellipticity`` / ``lumen_lobes`` give its cross-section an elliptic and a
+lobed (3-6 folds) shape that varies along it; the lumen is the union of the tubes, the bronchial wall a ring of thickness ``wall_fraction`` x the diameter around each
 tube, brighter where it holds cartilage (rings in the trachea and main bronchi, plates in the
 smaller bronchi). Around the tree: lung parenchyma (~ -850 HU with a smooth texture) in two
 ellipsoids enclosing the left and right subtrees, soft tissue (mediastinum, ~ +40 HU)
@@ -84,8 +85,12 @@ def synthesize_ct(centerline: Centerline, params=None, seed: int = 0,
     sd_lumen = np.full(shape, _FAR, dtype=np.float16)
     sd_outer = np.full(shape, _FAR, dtype=np.float16)
     cart = np.zeros(shape, dtype=np.float16)
+    shape_rng = np.random.default_rng([int(seed), 0x5A])  # (its own stream: round tubes draw nothing)
     for b, pts, rad in branches:
-        _add_tube(b.generation, pts, rad, p.wall_fraction, vox, lo, shape, sd_lumen, sd_outer, cart)
+        prof = None
+        if p.lumen_ellipticity > 0 or p.lumen_lobes > 0:
+            prof = LumenProfile.draw(shape_rng, p.lumen_ellipticity, p.lumen_lobes)
+        _add_tube(b.generation, pts, rad, p.wall_fraction, vox, lo, shape, sd_lumen, sd_outer, cart, prof)
 
     # Tissue around the tree: lung parenchyma in soft tissue.
     in_lung = lungs.contains if lungs is not None else _ellipsoid_lungs(centerline)
@@ -124,13 +129,56 @@ def synthesize_ct(centerline: Centerline, params=None, seed: int = 0,
     return CTVolume(out, affine)
 
 
+class LumenProfile:
+    """A branch's cross-section: radius x (1 + e cos 2(phi - phi0) + sum_k a_k cos k(phi - phi_k))
+    about its centerline, k = 3..6 (the folds), each term's amplitude breathing along the branch
+    (x (1 + 0.5 sin(2 pi s / wavelength + psi))). phi is measured in a frame carried along the
+    branch (its tangent and a normal as square as possible to the CT's z axis)."""
+
+    def __init__(self, e: float, phi0: float, a: np.ndarray, phik: np.ndarray, wavelength: float, psi: np.ndarray):
+        self.e, self.phi0, self.a, self.phik, self.wavelength, self.psi = e, phi0, a, phik, wavelength, psi
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, ellipticity: float, lobes: float) -> "LumenProfile":
+        """Ellipticity |N(0, ellipticity)| (at most 0.3), fold amplitudes N(0, lobes / k) (each at
+        most 0.15), phases uniform, a 10-25 mm wavelength along the branch."""
+        e = min(abs(rng.normal(0.0, ellipticity)), 0.3) if ellipticity > 0 else 0.0
+        ks = np.arange(3, 7)
+        a = np.clip(rng.normal(0.0, 1.0, len(ks)) * lobes / ks, -0.15, 0.15) if lobes > 0 else np.zeros(len(ks))
+        return cls(e, rng.uniform(0, np.pi), a, rng.uniform(0, 2 * np.pi, len(ks)), rng.uniform(10.0, 25.0),
+                   rng.uniform(0, 2 * np.pi, 1 + len(ks)))
+
+    def scale(self, phi: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Radius factor at angle ``phi`` (rad) and arc length ``s`` (mm)."""
+        w = 1.0 + 0.5 * np.sin(2 * np.pi * s[:, None] / self.wavelength + self.psi[None, :])
+        out = 1.0 + self.e * w[:, 0] * np.cos(2 * (phi - self.phi0))
+        for j, k in enumerate(range(3, 7)):
+            out += self.a[j] * w[:, 1 + j] * np.cos(k * (phi - self.phik[j]))
+        return out
+
+
+def _angle_about(dense: np.ndarray, idx: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Angle of each point ``xyz`` about the polyline ``dense`` at its nearest vertex ``idx``, in a
+    frame of the local tangent and a normal as square as possible to the z axis."""
+    t = np.gradient(dense, axis=0)
+    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-9)
+    ref = np.where(np.abs(t[:, 2:3]) < 0.9, np.array([[0.0, 0.0, 1.0]]), np.array([[1.0, 0.0, 0.0]]))
+    n = np.cross(t, ref)
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
+    b = np.cross(t, n)
+    v = xyz - dense[idx]
+    return np.arctan2(np.einsum("ij,ij->i", v, b[idx]), np.einsum("ij,ij->i", v, n[idx]))
+
+
 def _add_tube(generation: int, pts: np.ndarray, rad: np.ndarray, wall_fraction: float, vox: float,
               lo: np.ndarray, shape: tuple, sd_lumen: np.ndarray, sd_outer: np.ndarray,
-              cart: np.ndarray) -> None:
-    """Merge one branch's tube into the distance fields, inside its bounding box only."""
+              cart: np.ndarray, profile: LumenProfile | None = None) -> None:
+    """Merge one branch's tube into the distance fields, inside its bounding box only (its
+    cross-section round, or shaped by ``profile``)."""
     dense, r_d, s_d = _resample(pts, rad, 0.25 * vox)
     wall = wall_fraction * 2 * r_d
-    reach = float((r_d + wall).max()) + 2 * vox
+    grow = 1.0 if profile is None else 1.0 + profile.e * 1.5 + float(np.abs(profile.a).sum()) * 1.5
+    reach = float((r_d * grow + wall).max()) + 2 * vox
     blo = np.maximum(np.floor(((dense.min(0) - reach) - lo) / vox).astype(int), 0)
     bhi = np.minimum(np.ceil(((dense.max(0) + reach) - lo) / vox).astype(int) + 1, shape)
     if np.any(bhi <= blo):
@@ -143,7 +191,10 @@ def _add_tube(generation: int, pts: np.ndarray, rad: np.ndarray, wall_fraction: 
         return
     sel = (ii.ravel()[near], jj.ravel()[near], kk.ravel()[near])
     i = idx[near]
-    dl = dist[near] - r_d[i]
+    r_i = r_d[i]
+    if profile is not None:
+        r_i = r_i * profile.scale(_angle_about(dense, i, xyz[near]), s_d[i])
+    dl = dist[near] - r_i
     do = dl - wall[i]
     sd_lumen[sel] = np.minimum(sd_lumen[sel], dl)
     cur_o = sd_outer[sel]

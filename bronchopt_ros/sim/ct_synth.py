@@ -2,9 +2,10 @@
 
 Every branch is a tube (its centerline points with their radii), round unless
 ``AnatomyParams.lumen_ellipticity`` / ``lumen_lobes`` give its cross-section an elliptic and a
-lobed (3-6 folds) shape that varies along it; the lumen is the union of the tubes, the bronchial wall a ring of thickness ``wall_fraction`` x the diameter around each
-tube, brighter where it holds cartilage (rings in the trachea and main bronchi, plates in the
-smaller bronchi). Around the tree: lung parenchyma (~ -850 HU with a smooth texture) in two
+lobed (3-6 folds) shape that varies along it; the lumen is the union of the tubes, the bronchial
+wall a ring of thickness ``wall_fraction`` x the diameter around each tube, brighter where it
+holds cartilage (rings in the trachea and main bronchi, plates in the smaller bronchi). Around
+the tree: lung parenchyma (~ -850 HU with a smooth texture) in two
 ellipsoids enclosing the left and right subtrees, soft tissue (mediastinum, ~ +40 HU)
 elsewhere. The image is box-filtered at the lumen edge (partial volume), blurred by a Gaussian
 point-spread function and given Gaussian noise.

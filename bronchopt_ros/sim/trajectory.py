@@ -265,9 +265,9 @@ def spread_targets(cl: Centerline, n: int, duration_s: float, params: Trajectory
     """``n`` target branches spread over the tree, for procedures of ``duration_s`` seconds: the
     deepest wide-enough branch within reach (as :func:`plan_procedure` draws them) under each
     generation-2 branch in turn (each lobar bronchus; generation 1 where the tree has no deeper
-    level; a shallower leaf is its own group), so that the procedures do not all go down the one deepest path. A real tree's
-    deepest reachable branches often lie in one lobe; :func:`plan_procedure`'s own draw then
-    repeats that path."""
+    level; a shallower leaf is its own group), so that the procedures do not all go down the one
+    deepest path. A real tree's deepest reachable branches often lie in one lobe, and
+    :func:`plan_procedure`'s own draw then repeats that path."""
     p = params or TrajectoryParams()
     s0 = min(p.start_depth, p.start_depth_frac * cl.root.length)
     budget = p.reach_speed * duration_s

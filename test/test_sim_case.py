@@ -97,6 +97,9 @@ def test_case_through_a_given_airway(case, tmp_path):
     assert len(truth) == 12 and (read_tum(case / "truth.tum")[1][0].t != truth[0].t).any()  # its own procedure
     assert main(["sim", "case", "--seed", "3002", "--out", str(tmp_path / "x"), "--airway",
                  str(tmp_path / "missing.stl"), "--quiet"]) == 2
+    assert main(["sim", "case", "--seed", "3002", "--out", str(tmp_path / "y"), "--airway", str(mesh),
+                 "--lumen-shape", "0.1", "0.1", "--quiet"]) == 2  # a given airway is not reshaped
+    assert not (tmp_path / "y").exists()
 
 
 def test_case_with_shaped_lumens(tmp_path):

@@ -103,6 +103,9 @@ def run_case(args: argparse.Namespace) -> int:
     if args.airway:
         from ..airway.loading import load_airway_with_centerline
 
+        if args.lumen_shape:
+            print("sim case: --lumen-shape shapes a generated airway; it cannot reshape a given --airway")
+            return 2
         try:
             anatomy = load_airway_with_centerline(args.airway, units=args.airway_units, label=args.label)
         except (FileNotFoundError, ValueError) as exc:

@@ -1,7 +1,10 @@
-"""Compare encoder weights on the same cases (choose a retrained encoder by validation, not the test split).
+"""Compare encoder weights (or settings) on the same cases (choose by validation, not the test split).
 
     python bench/compare_weights.py --weights shipped runs/enc3/encoder.pt \
-        --cases data/deep/case_* data/val/case_* --out /tmp/cmp [--framewise medium] [--config config/navigator.yaml]
+        --cases data/deep/case_* data/val/case_* --out /tmp/cmp [--framewise medium] [--config A.yaml [B.yaml ...]]
+
+With several ``--config`` files every weights file runs with each (labelled ``WEIGHTS @ CONFIG``),
+so settings are compared the same way, paired over the same repeats.
 
 For each weights file (``shipped`` = the package's) the cases are tracked offline, every frame
 (or registered frame-wise from ``starts/LEVEL.tum``), with the navigator config's settings, as
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", nargs="+", required=True, help="case folders (validation anatomies)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--framewise", choices=["easy", "medium", "hard"], default=None)
-    ap.add_argument("--config", default=None, help="navigator YAML (default config/navigator.yaml)")
+    ap.add_argument("--config", nargs="+", default=[None], help="navigator YAML(s) (default config/navigator.yaml)")
     ap.add_argument("--repeats", type=int, default=1, help="track each case this many times (tracking only) [1]")
     ap.add_argument("--jitter", type=float, nargs=2, default=(2e-4, 5e-3), metavar=("M", "RAD"),
                     help="the repeats' moves of the /initialpose [0.0002 m, 0.005 rad]")
@@ -71,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result, spread = {}, {}
-    for w in args.weights:
-        cfg = dataclasses.replace(pipeline_from_yaml(args.config), encoder_weights="" if w == "shipped" else w)
+    variants = [(w, c, w if len(args.config) == 1 else f"{w} @ {Path(c).stem if c else 'default'}")
+                for w in args.weights for c in args.config]
+    for wfile, conf, w in variants:
+        cfg = dataclasses.replace(pipeline_from_yaml(conf), encoder_weights="" if wfile == "shipped" else wfile)
         encoder = load_default_encoder(cfg)
         spread[w] = []
         for rep in range(args.repeats):
@@ -105,19 +110,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"|   {g} | {v['frames']} | {v['trans_err_mm_mean']:.2f} | {v['rot_err_rad_mean']:.3f} | "
                   f"{100 * v['success_rate']:.1f} % | |")
     if args.repeats > 1:
-        print(f"\nOver {args.repeats} repeats (mean +- sd; paired difference from {args.weights[0]}):")
+        first = variants[0][2]
+        print(f"\nOver {args.repeats} repeats (mean +- sd; paired difference from {first}):")
         print("| weights | " + " | ".join(SPREAD_KEYS) + " |\n|" + " --- |" * (len(SPREAD_KEYS) + 1))
-        base = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[args.weights[0]]], float)
-        for w in args.weights:
+        base = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[first]], float)
+        for w in spread:
             a = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[w]], float)
             cells = [f"{a[:, i].mean():.4g} +- {a[:, i].std(ddof=1):.2g}" for i in range(len(SPREAD_KEYS))]
             print(f"| {w} | " + " | ".join(cells) + " |")
-            if w != args.weights[0]:
+            if w != first:
                 d = a - base
-                print(f"| {w} - {args.weights[0]} | " + " | ".join(
+                print(f"| {w} - {first} | " + " | ".join(
                     f"{d[:, i].mean():+.4g} +- {d[:, i].std(ddof=1):.2g}" for i in range(len(SPREAD_KEYS))) + " |")
     (out / "compare.json").write_text(json.dumps({"cases": args.cases, "framewise": args.framewise,
-                                                  "results": result, "repeats": spread,
+                                                  "configs": args.config, "results": result, "repeats": spread,
                                                   "jitter": list(args.jitter) if args.repeats > 1 else None},
                                                  indent=1, default=float))
     return 0

@@ -76,19 +76,25 @@ def test_cli_train_smoke(tmp_path, capsys):
     assert "rank_1mm" in capsys.readouterr().out
 
 
-def test_light_offset_and_lumen_shape_reach_the_config_and_the_worlds(tmp_path):
+def test_light_offset_and_anatomy_reach_the_config_and_the_worlds(tmp_path):
     """``--light-offset MIN MAX`` is kept in train_config.json (so ``--resume`` keeps it) and moves
     the training frames' light, not their geometry."""
     from bronchopt_ros.cli import main
     from bronchopt_ros.encoder.train import WorldFactory
     from bronchopt_ros.geometry import Camera
+    from bronchopt_ros.sim.anatomy import overrides_tag
 
     out = tmp_path / "cli"
     assert main(["train", "--out", str(out), "--source", "toy", "--steps", "1", "--batch-size", "2",
                  "--input-size", "64", "--workers", "0", "--train-anatomies", "1", "--val-anatomies", "1",
-                 "--val-frames", "2", "--quiet", "--light-offset", "0.001", "0.0014", "--lumen-shape", "0.1", "0.2"]) == 0
+                 "--val-frames", "2", "--quiet", "--light-offset", "0.001", "0.0014",
+                 "--anatomy", "default", "lumen_ellipticity=0.1,lumen_lobes=0.2"]) == 0
     cfg = TrainConfig.from_dict(json.loads((out / "train_config.json").read_text()))
-    assert cfg.light_offset == (0.001, 0.0014) and cfg.lumen_shape == (0.1, 0.2)
+    assert cfg.light_offset == (0.001, 0.0014)
+    assert cfg.anatomy == ({}, {"lumen_ellipticity": 0.1, "lumen_lobes": 0.2})
+    # a run configured before session 31 resumes with its lumen shape
+    old = TrainConfig.from_dict({"lumen_shape": [0.12, 0.15]})
+    assert old.anatomy == ({"lumen_ellipticity": 0.12, "lumen_lobes": 0.15},)
     [world] = WorldFactory("sim", (1000,), str(tmp_path / "cache"), True, (1.2e-3, 1.2e-3))()
     cam = Camera.from_fov(64, 64, 85.0)
     pose = world.sample_pose(np.random.default_rng(0))
@@ -97,10 +103,13 @@ def test_light_offset_and_lumen_shape_reach_the_config_and_the_worlds(tmp_path):
     plain = world.view(cam, pose, np.random.default_rng(1))
     assert np.array_equal(lit["depth"], plain["depth"])
     assert np.abs(lit["rgb"].astype(int) - plain["rgb"]).mean() > 2.0
-    # --lumen-shape: the same tree with shaped lumens, cached apart from the round one
-    [shaped] = WorldFactory("sim", (1000,), str(tmp_path / "cache"), True, None, (0.12, 0.15))()
-    assert (tmp_path / "cache" / "anatomy_1000_shape0.12_0.15.npz").exists()
-    assert (tmp_path / "cache" / "anatomy_1000.npz").exists()
+    # --anatomy, dealt out over the seeds in turn: the same tree with shaped lumens, cached apart
+    # from the round one; the next seed's airway with the defaults
+    shape = {"lumen_ellipticity": 0.12, "lumen_lobes": 0.15}
+    shaped, other = WorldFactory("sim", (1000, 1001), str(tmp_path / "cache"), True, None, (shape, {}))()
+    assert (tmp_path / "cache" / f"anatomy_1000{overrides_tag(shape)}.npz").exists()
+    assert (tmp_path / "cache" / "anatomy_1000.npz").exists() and (tmp_path / "cache" / "anatomy_1001.npz").exists()
+    assert shaped.anatomy == shape and not other.anatomy
     assert shaped.airway.centerline.to_dict() == world.airway.centerline.to_dict()
     assert len(shaped.airway.faces) != len(world.airway.faces)
 

@@ -260,3 +260,18 @@ def test_compare_weights_repeats_from_jittered_initial_poses(evaluated, tmp_path
     with pytest.raises(SystemExit):
         cw.main(["--weights", "shipped", "--cases", str(case), "--out", str(tmp_path), "--repeats", "2",
                  "--framewise", "easy"])
+    # several --config files: every weights file runs with each, labelled by the config's name
+    import yaml
+
+    from bronchopt_ros.cli._ros import config_dir
+
+    conf = yaml.safe_load((config_dir() / "navigator.yaml").read_text())
+    conf["navigator"]["ros__parameters"]["tracker"]["prior_sigma_m"] = 0.01
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(yaml.safe_dump(conf))
+    assert cw.main(["--weights", "shipped", "--cases", str(case), "--out", str(tmp_path / "cfgs"),
+                    "--config", str(config_dir() / "navigator.yaml"), str(loose)]) == 0
+    res = json.loads((tmp_path / "cfgs" / "compare.json").read_text())["results"]
+    assert set(res) == {"shipped @ navigator", "shipped @ loose"}
+    assert res["shipped @ navigator"]["trans_err_mm_mean"] == pytest.approx(plain["trans_err_mm_mean"], abs=1e-9)
+    assert res["shipped @ loose"]["trans_err_mm_mean"] != res["shipped @ navigator"]["trans_err_mm_mean"]

@@ -98,17 +98,24 @@ def test_case_through_a_given_airway(case, tmp_path):
     assert main(["sim", "case", "--seed", "3002", "--out", str(tmp_path / "x"), "--airway",
                  str(tmp_path / "missing.stl"), "--quiet"]) == 2
     assert main(["sim", "case", "--seed", "3002", "--out", str(tmp_path / "y"), "--airway", str(mesh),
-                 "--lumen-shape", "0.1", "0.1", "--quiet"]) == 2  # a given airway is not reshaped
+                 "--anatomy", "lumen_ellipticity=0.1", "--quiet"]) == 2  # a given airway is not reshaped
     assert not (tmp_path / "y").exists()
 
 
-def test_case_with_shaped_lumens(tmp_path):
-    """``--lumen-shape``: the anatomy's lumens elliptic / folded, recorded in case.json."""
+def test_case_with_anatomy_overrides(tmp_path):
+    """``--anatomy``: the generated airway made with AnatomyParams overrides (here shaped lumens, a
+    narrow trachea), recorded in case.json; a typo is refused, nothing written."""
     out = tmp_path / "shaped"
-    assert main(["sim", "case", "--seed", "3001", "--out", str(out), "--lumen-shape", "0.12", "0.15", "--frames", "4",
-                 "--size", "48", "--generations", "3", "--no-starts", "--quiet"]) == 0
+    assert main(["sim", "case", "--seed", "3001", "--out", str(out), "--frames", "4", "--size", "48",
+                 "--anatomy", "lumen_ellipticity=0.12,lumen_lobes=0.15,trachea_diameter_mm=14",
+                 "--generations", "3", "--no-starts", "--quiet"]) == 0
     params = json.loads((out / "case.json").read_text())["anatomy"]["params"]
     assert params["lumen_ellipticity"] == 0.12 and params["lumen_lobes"] == 0.15
+    assert params["trachea_diameter_mm"] == 14.0 and params["generations"] == 3
+    for bad in ("trachea_diameter=14", "generations=eight", "lumen_lobes"):
+        assert main(["sim", "case", "--seed", "3001", "--out", str(tmp_path / "bad"), "--anatomy", bad,
+                     "--quiet"]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_training_seed_refused_for_test_split():

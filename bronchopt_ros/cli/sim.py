@@ -34,9 +34,11 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
     c.add_argument("--breathing", type=float, default=0.03, help="breathing amplitude (0 = none) [%(default)s]")
     c.add_argument("--divergence-mm", type=float, default=1.0, help="static CT-to-body warp amplitude [%(default)s]")
     c.add_argument("--generations", type=int, default=6, help="airway generations below the trachea [%(default)s]")
-    c.add_argument("--lumen-shape", type=float, nargs=2, default=None, metavar=("ELLIPTICITY", "LOBES"),
-                   help="elliptic / folded lumen cross-sections of the generated airway (sd of each, e.g. 0.12 0.15; "
-                        "default round tubes)")
+    c.add_argument("--anatomy", default="", metavar="OVERRIDES",
+                   help="AnatomyParams overrides of the generated airway, 'FIELD=VALUE[,FIELD=VALUE]' (e.g. "
+                        "trachea_diameter_mm=14,generations=8,min_diameter_mm=1.8 for a small patient's narrow, "
+                        "deep tree; lumen_ellipticity=0.12,lumen_lobes=0.15 for elliptic / folded lumens); "
+                        "recorded in case.json")
     c.add_argument("--airway", default=None, metavar="PATH",
                    help="fly through this airway instead of generating one: a mesh (STL/PLY/OBJ, --airway-units) "
                         "or a CT / airway label map (NIfTI); its centerline is computed unless a sidecar "
@@ -89,7 +91,7 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
 
 
 def run_case(args: argparse.Namespace) -> int:
-    from ..sim.anatomy import AnatomyParams
+    from ..sim.anatomy import AnatomyParams, parse_overrides
     from ..sim.breathing import BreathingParams
     from ..sim.case import CaseParams, write_case
 
@@ -103,17 +105,21 @@ def run_case(args: argparse.Namespace) -> int:
     if args.airway:
         from ..airway.loading import load_airway_with_centerline
 
-        if args.lumen_shape:
-            print("sim case: --lumen-shape shapes a generated airway; it cannot reshape a given --airway")
+        if args.anatomy:
+            print("sim case: --anatomy shapes a generated airway; it cannot change a given --airway")
             return 2
         try:
             anatomy = load_airway_with_centerline(args.airway, units=args.airway_units, label=args.label)
         except (FileNotFoundError, ValueError) as exc:
             print(f"sim case: {exc}")
             return 2
-    shape = dict(lumen_ellipticity=args.lumen_shape[0], lumen_lobes=args.lumen_shape[1]) if args.lumen_shape else {}
+    try:
+        overrides = {"generations": args.generations, **parse_overrides(args.anatomy)}
+    except ValueError as exc:
+        print(f"sim case: {exc}")
+        return 2
     res = write_case(args.out, args.seed, cp, anatomy=anatomy,
-                     anatomy_params=AnatomyParams(generations=args.generations, **shape), progress=not args.quiet,
+                     anatomy_params=AnatomyParams(**overrides), progress=not args.quiet,
                      anatomy_source=args.airway)
     t = res.timing
     print(f"case {args.seed} ({res.info['split']}, {res.frames} frames at {args.size}px) -> {args.out}: "

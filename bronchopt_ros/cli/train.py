@@ -60,9 +60,12 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
     p.add_argument("--light-offset", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="light guide offsets from the lens (m) of the training frames, for a given scope "
                         "(default: the train appearance domain's 0-0.6 mm)")
-    p.add_argument("--lumen-shape", type=float, nargs=2, default=None, metavar=("ELLIPTICITY", "LOBES"),
-                   help="give the training anatomies' lumens elliptic / folded cross-sections (sd of each; e.g. "
-                        "0.12 0.15; default round tubes); validation stays round")
+    p.add_argument("--anatomy", nargs="+", default=None, metavar="OVERRIDES",
+                   help="the training airways' AnatomyParams overrides, dealt out over the training anatomies in "
+                        "turn: each 'FIELD=VALUE[,FIELD=VALUE]' or 'default' (e.g. default "
+                        "trachea_diameter_mm=14,generations=8,min_diameter_mm=1.8; "
+                        "lumen_ellipticity=0.12,lumen_lobes=0.15 for elliptic / folded lumens); validation "
+                        "keeps the defaults")
     p.add_argument("--backbone", default="unet", help="'unet' (ours) or a timm model name")
     p.add_argument("--backbone-weights", default=None, help="local weights file of the timm backbone")
     p.add_argument("--install", action="store_true",
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..encoder.config import ModelConfig
     from ..encoder.runtime import shipped_weights
     from ..encoder.train import TrainConfig, train
+    from ..sim.anatomy import parse_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                           trans_m=tuple(args.trans_range), rot_rad=tuple(args.rot_range),
                           w_drank=args.depth_rank_weight, p_illumination=args.illumination,
                           light_offset=tuple(args.light_offset) if args.light_offset else None,
-                          lumen_shape=tuple(args.lumen_shape) if args.lumen_shape else None,
+                          anatomy=tuple(parse_overrides(a) for a in args.anatomy or ()),
                           model=ModelConfig(backbone=args.backbone, backbone_weights=args.backbone_weights),
                           progress=not args.quiet)
     res = train(cfg, resume=args.resume)

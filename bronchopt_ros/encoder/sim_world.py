@@ -33,18 +33,18 @@ def _default_cache() -> Path:
     return default_cache_dir() / "anatomies"
 
 
-def load_anatomy(seed: int, cache_dir: str | Path | None = None,
-                 lumen_shape: tuple[float, float] | None = None) -> Airway:
-    """The airway of synthetic anatomy ``seed`` (generated once, then read from the cache), its
-    lumens shaped by ``lumen_shape`` = (ellipticity, lobes) (``AnatomyParams.lumen_*``; None:
-    round)."""
+def load_anatomy(seed: int, cache_dir: str | Path | None = None, anatomy: dict | None = None) -> Airway:
+    """The airway of synthetic anatomy ``seed`` (generated once, then read from the cache), made
+    with ``anatomy``'s :class:`~bronchopt_ros.sim.anatomy.AnatomyParams` overrides (None or {}:
+    the defaults), cached apart per overrides."""
     from ..sim.splits import split_of
 
     if split_of(seed) == "test":
         raise ValueError(f"anatomy {seed} is a test anatomy: never used by the encoder's training/validation")
     cache = Path(cache_dir) if cache_dir else _default_cache()
-    tag = "" if not lumen_shape else f"_shape{lumen_shape[0]:g}_{lumen_shape[1]:g}"
-    path = cache / f"anatomy_{int(seed)}{tag}.npz"
+    from ..sim.anatomy import AnatomyParams, generate_anatomy, overrides_tag
+
+    path = cache / f"anatomy_{int(seed)}{overrides_tag(anatomy)}.npz"
     if path.exists():
         try:
             z = np.load(path)
@@ -52,10 +52,7 @@ def load_anatomy(seed: int, cache_dir: str | Path | None = None,
             return Airway(z["vertices"], z["faces"], cl)
         except Exception as exc:  # a partial / stale file: regenerate
             log.warning("regenerating anatomy %d (cache unreadable: %s)", seed, exc)
-    from ..sim.anatomy import AnatomyParams, generate_anatomy
-
-    params = None if not lumen_shape else AnatomyParams(lumen_ellipticity=lumen_shape[0], lumen_lobes=lumen_shape[1])
-    a = generate_anatomy(int(seed), params).airway
+    a = generate_anatomy(int(seed), AnatomyParams(**(anatomy or {}))).airway
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, vertices=a.vertices, faces=a.faces.astype(np.int32),
@@ -73,7 +70,7 @@ class SimWorld:
     breathing: bool = True
     p_static: float = 0.25
     light_offset: tuple[float, float] | None = None  # m: replaces the domain's range (sample_appearance)
-    lumen_shape: tuple[float, float] | None = None  # (ellipticity, lobes) of the lumens (load_anatomy)
+    anatomy: dict | None = None  # AnatomyParams overrides of the airway (load_anatomy)
     name: str = ""
     scene: object = field(init=False, repr=False)
 
@@ -83,7 +80,7 @@ class SimWorld:
         from ..sim.views import Scene
 
         self.name = self.name or f"anatomy{self.seed}"
-        airway = load_anatomy(self.seed, self.cache_dir, self.lumen_shape)
+        airway = load_anatomy(self.seed, self.cache_dir, self.anatomy)
         self.airway = airway
         bp = None
         if self.breathing:

@@ -55,7 +55,9 @@ class WorldFactory:
     cache_dir: str | None = None  # anatomies are cached here (sim)
     breathing: bool = True
     light_offset: tuple[float, float] | None = None  # m: the training frames' light guide offsets (sim)
-    lumen_shape: tuple[float, float] | None = None  # (ellipticity, lobes) of the anatomies' lumens (sim)
+    # AnatomyParams overrides (sim): the i-th seed's airway is made with anatomy[i % len(anatomy)]
+    # ({}: the defaults); empty: every one with the defaults
+    anatomy: tuple[dict, ...] = ()
 
     def __call__(self) -> list:
         if self.source == "toy":
@@ -66,7 +68,9 @@ class WorldFactory:
             from .sim_world import SimWorld
 
             return [SimWorld(int(s), cache_dir=self.cache_dir, breathing=self.breathing,
-                             light_offset=self.light_offset, lumen_shape=self.lumen_shape) for s in self.seeds]
+                             light_offset=self.light_offset,
+                             anatomy=self.anatomy[i % len(self.anatomy)] if self.anatomy else None)
+                    for i, s in enumerate(self.seeds)]
         raise ValueError(f"unknown data source {self.source!r}")
 
 
@@ -117,9 +121,10 @@ class TrainConfig:
     # the training frames' light guide offsets (min, max in m); None: the train domain's 0-0.6 mm.
     # Validation keeps each domain's own (its figures stay comparable between runs).
     light_offset: tuple[float, float] | None = None
-    # the training anatomies' lumen cross-sections (ellipticity, lobes: AnatomyParams.lumen_*);
-    # None: round tubes. Validation keeps round ones, like the light.
-    lumen_shape: tuple[float, float] | None = None
+    # the training anatomies' AnatomyParams overrides, dealt out over the training seeds in turn
+    # (WorldFactory.anatomy; {} = the defaults), e.g. [{}, {"trachea_diameter_mm": 14, "generations": 8}]
+    # gives every second training airway a narrow, deep tree. Validation keeps the defaults, like the light.
+    anatomy: tuple[dict, ...] = ()
     queue_size: int = 512
     model: ModelConfig = field(default_factory=ModelConfig)
     progress: bool = True
@@ -133,7 +138,10 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["model"] = ModelConfig.from_dict(d.get("model", {}))
-        for k in ("train_seeds", "val_seeds", "trans_m", "rot_rad", "light_offset", "lumen_shape"):
+        shape = d.pop("lumen_shape", None)  # before session 31: the lumens' shape alone
+        if shape and not d.get("anatomy"):
+            d["anatomy"] = [{"lumen_ellipticity": shape[0], "lumen_lobes": shape[1]}]
+        for k in ("train_seeds", "val_seeds", "trans_m", "rot_rad", "light_offset", "anatomy"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         known = set(cls.__dataclass_fields__)
@@ -356,7 +364,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     val = make_val_set(cfg)
     factory = WorldFactory(cfg.source, cfg.train_seeds, str(out / "cache"), cfg.breathing, cfg.light_offset,
-                           cfg.lumen_shape)
+                           cfg.anatomy)
     pc = PairConfig(size=cfg.input_size, n_perturb=cfg.n_perturb, domain="train", trans_m=cfg.trans_m,
                     rot_rad=cfg.rot_rad, augment=AugmentConfig(p_illumination=cfg.p_illumination))
     ds = PairDataset(factory, pc, cfg.seed, start=step)

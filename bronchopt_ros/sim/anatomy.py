@@ -45,7 +45,7 @@ from ..airway.centerline import Branch, Centerline
 from ..airway.mesh import Airway
 
 __all__ = ["AnatomyParams", "LungModel", "SyntheticAnatomy", "generate_anatomy",
-           "generate_centerline", "RIGHT", "SUPERIOR", "ANTERIOR"]
+           "generate_centerline", "parse_overrides", "overrides_tag", "RIGHT", "SUPERIOR", "ANTERIOR"]
 
 #: Directions of the synthetic CT frame (RAS-like): the right main bronchus leaves towards +x.
 RIGHT = np.array([1.0, 0.0, 0.0])
@@ -97,6 +97,37 @@ class AnatomyParams:
     # Mesh extraction
     smooth_iterations: int = 10  # Taubin smoothing
     max_faces: int | None = 400_000  # decimate above this if a decimator is installed
+
+
+def parse_overrides(text: str) -> dict:
+    """``"key=value,key=value"`` (fields of :class:`AnatomyParams`, e.g.
+    ``"trachea_diameter_mm=14,generations=8"``) as a dict of typed values; ``""`` or ``"default"``:
+    none. Raises ValueError on an unknown field or a value of the wrong type."""
+    text = text.strip()
+    if text in ("", "default"):
+        return {}
+    defaults = AnatomyParams()
+    out = {}
+    for item in text.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not hasattr(defaults, key):
+            raise ValueError(f"anatomy override {item!r}: expected FIELD=VALUE with a field of AnatomyParams")
+        kind = int if isinstance(getattr(defaults, key), int) else float
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"anatomy override {item!r}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return out
+
+
+def overrides_tag(overrides: dict | None) -> str:
+    """A short file-name tag of ``overrides`` ('' for none): the same overrides, the same tag."""
+    if not overrides:
+        return ""
+    import hashlib
+
+    text = ",".join(f"{k}={overrides[k]!r}" for k in sorted(overrides))
+    return "_" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 @dataclass

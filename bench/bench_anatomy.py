@@ -18,6 +18,7 @@ and the package's code, so an interrupted run resumes and a changed tracker runs
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -28,25 +29,31 @@ from _tracking import pooled, settings_hash, track
 GROUPS = ("trachea", "generations 1-2", "generations 3-4", "generations 5+")
 
 
-def make_cases(airway_path: Path, seeds: list[int], seconds: float, work: Path) -> list[Path]:
+def make_cases(airway_path: Path, seeds: list[int], seconds: float, work: Path, scope_mm: float = 0.0) -> list[Path]:
     """One procedure per seed through the airway, each to its own target spread over the lobes
     (:func:`~bronchopt_ros.sim.trajectory.spread_targets`; written once, the airway loaded only
-    if a case is missing)."""
+    if a case is missing), by a scope of ``scope_mm`` (0: a point camera)."""
     from bronchopt_ros.airway.loading import load_airway_with_centerline
     from bronchopt_ros.sim.case import CaseParams, write_case
-    from bronchopt_ros.sim.trajectory import spread_targets
+    from bronchopt_ros.sim.trajectory import TrajectoryParams, spread_targets
 
+    tp = TrajectoryParams(scope_diameter=scope_mm * 1e-3)
     airway, targets, cases = None, [], []
     for k, seed in enumerate(seeds):
         out = work / f"case_{seed}"
-        if not (out / "case.json").exists():
+        if (out / "case.json").exists():
+            made = json.loads((out / "case.json").read_text())["trajectory"]["params"].get("scope_diameter", 0.0)
+            if abs(made - tp.scope_diameter) > 1e-9:
+                raise ValueError(f"{out} was made with a {1e3 * made:g} mm scope, not {scope_mm:g}: use another --work")
+        else:
             if airway is None:
                 t = time.time()
                 airway = load_airway_with_centerline(airway_path)
-                targets = spread_targets(airway.centerline, len(seeds), seconds)
+                targets = spread_targets(airway.centerline, len(seeds), seconds, tp)
                 print(f"{airway_path.name}: {len(airway.faces)} faces, {len(airway.centerline)} centerline "
                       f"branches ({time.time() - t:.0f} s); targets {targets}", flush=True)
-            write_case(out, seed, CaseParams(n_frames=int(round(seconds * 30)), starts=False, target_leaf=targets[k]),
+            write_case(out, seed, CaseParams(n_frames=int(round(seconds * 30)), starts=False, target_leaf=targets[k],
+                                             trajectory=tp),
                        anatomy=airway, anatomy_source=airway_path)
         cases.append(out)
     return cases
@@ -75,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="procedure and appearance seeds [%(default)s]")
     ap.add_argument("--seconds", type=float, default=15.0, help="procedure length at 30 frames/s [15]")
     ap.add_argument("--config", default="config/navigator.yaml", help="navigator YAML (tracker settings)")
-    ap.add_argument("--work", default=None, help="cases and kept results [data/anatomy_<file name>]")
+    ap.add_argument("--scope-diameter", type=float, default=0.0, metavar="MM",
+                    help="the scope's outer diameter (sim case --scope-diameter; 0: a point camera) [0]")
+    ap.add_argument("--work", default=None,
+                    help="cases and kept results [data/anatomy_<file name>, _scope<MM> with a scope]")
     ap.add_argument("--out", help="JSON file for the results")
     args = ap.parse_args(argv)
     airway_path = Path(args.airway)
@@ -84,13 +94,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limit_threads()
     stem = airway_path.name.split(".")[0]
-    work = Path(args.work or f"data/anatomy_{stem}")
+    work = Path(args.work or f"data/anatomy_{stem}" + (f"_scope{args.scope_diameter:g}" if args.scope_diameter else ""))
     cfg_text = Path(args.config).read_text()
     results = work / "results" / settings_hash(cfg_text)
     results.mkdir(parents=True, exist_ok=True)
     (results / "config.yaml").write_text(cfg_text)
     t0 = time.time()
-    cases = make_cases(airway_path, args.seeds, args.seconds, work)
+    try:
+        cases = make_cases(airway_path, args.seeds, args.seconds, work, args.scope_diameter)
+    except ValueError as exc:
+        print(f"bench_anatomy: {exc}")
+        return 2
     cfg = pipeline_from_yaml(args.config)
     encoder = load_default_encoder(cfg)
     rows = []
@@ -114,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"{100 * r['success_rate']:.1f} %"] for g, r in regions.items()]))
     print(f"\n({time.time() - t0:.0f} s)")
     write_results(args.out, {"airway": airway_path.name, "config": args.config, "seconds": args.seconds,
+                             "scope_diameter_mm": args.scope_diameter,
                              "pooled": all_, "by_generation": regions, "by_case": rows})
     return 0
 

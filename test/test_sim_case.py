@@ -144,3 +144,16 @@ def test_benchmark_writer_is_resumable(tmp_path):
     m3 = write_benchmark(tmp_path, p3, progress=False)
     assert [c["status"] for c in m3["cases"]] == ["rewritten", "kept"]
     assert m3["cases"][0]["frames"] == 9
+
+
+def test_case_filmed_by_a_scope_of_given_size(tmp_path):
+    """``--scope-diameter``: recorded in case.json, and the test appearance's light guide (0.8-1.5 mm
+    off the lens) is kept inside a 2 mm tip (at most 1 - 0.3 mm off); a size no scope has is refused."""
+    out = tmp_path / "scope"
+    assert main(["sim", "case", "--seed", "3001", "--out", str(out), "--frames", "4", "--size", "48",
+                 "--generations", "3", "--scope-diameter", "2", "--no-starts", "--quiet"]) == 0
+    info = json.loads((out / "case.json").read_text())
+    assert info["trajectory"]["params"]["scope_diameter"] == pytest.approx(2e-3)
+    assert info["appearance"]["light_offset"] == pytest.approx(0.7e-3)
+    assert main(["sim", "case", "--seed", "3001", "--out", str(tmp_path / "bad"), "--scope-diameter", "-1",
+                 "--quiet"]) == 2

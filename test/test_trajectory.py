@@ -104,3 +104,29 @@ def test_inside_lumen_rejects_outside(airway, rc):
     pts = np.array([[0.0, 0.0, 0.02], [0.0, 0.0065, 0.02], [0.0, 0.02, 0.02], [0.0, 0.0, 0.06]])
     ok = inside_lumen(pts, index, rc)
     assert ok.tolist() == [True, False, False, False]
+
+
+def test_a_scope_keeps_its_radius_from_the_wall_and_enters_only_what_it_fits(airway, rc):
+    """TrajectoryParams.scope_diameter: the tip's centre stays a scope radius inside the lumen
+    (0.9 of it from the mesh wall), the path only passes bronchi at least its radius + slack
+    wide (here the 3.5 mm daughters are out of a 7 mm scope's reach), a scope wider than the
+    trachea goes nowhere; 0 (a point camera) is the plain procedure."""
+    from bronchopt_ros.sim.trajectory import TrajectoryError
+
+    p = TrajectoryParams(scope_diameter=7e-3)
+    assert p.target_radius == pytest.approx(3.6e-3) and p.max_light_offset == pytest.approx(3.2e-3)
+    assert TrajectoryParams().max_light_offset == np.inf
+    index = CenterlineIndex(airway.centerline)
+    for seed in range(4):
+        tr = plan_procedure(airway, np.random.default_rng(seed), n_frames=120, params=p, raycaster=rc)
+        assert tr.target_leaf in (1, 2) and not {3, 4} & set(tr.path_branches)
+        c = tr.centres
+        assert np.all(index.clearance(c) > 3.5e-3) and np.all(wall_distance(rc, c) > 0.9 * 3.5e-3)
+    point = plan_procedure(airway, np.random.default_rng(0), n_frames=120, raycaster=rc)
+    plain = plan_procedure(airway, np.random.default_rng(0), n_frames=120, params=TrajectoryParams(scope_diameter=0.0),
+                           raycaster=rc)
+    assert all(np.array_equal(x.matrix, y.matrix) for x, y in zip(point.poses, plain.poses))
+    assert wall_distance(rc, point.centres).min() < 3.5e-3  # (a point camera goes closer)
+    with pytest.raises(TrajectoryError, match="fits in no bronchus"):
+        plan_procedure(airway, np.random.default_rng(0), n_frames=30, params=TrajectoryParams(scope_diameter=16e-3),
+                       raycaster=rc)

@@ -45,6 +45,10 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
                         "PATH.centerline.json exists. The seed still picks the procedure and the appearance")
     c.add_argument("--airway-units", default="mm", choices=["mm", "m"], help="units of an --airway mesh [%(default)s]")
     c.add_argument("--label", type=int, default=None, help="label of the airway in an --airway label map [any non-zero]")
+    c.add_argument("--scope-diameter", type=float, default=0.0, metavar="MM",
+                   help="the scope's outer diameter: its tip keeps its radius from the wall, it enters only "
+                        "bronchi it fits in, and its light guide lies within it (0: a point camera, as the "
+                        "benchmark's) [%(default)s]")
     c.add_argument("--fov-deg", type=float, default=None,
                    help="horizontal field of view of a centred camera [the paper's camera, 84.5 deg]")
     c.add_argument("--no-starts", action="store_true", help="no starts/ for the frame-wise protocol")
@@ -94,11 +98,16 @@ def run_case(args: argparse.Namespace) -> int:
     from ..sim.anatomy import AnatomyParams, parse_overrides
     from ..sim.breathing import BreathingParams
     from ..sim.case import CaseParams, write_case
+    from ..sim.trajectory import TrajectoryParams
 
     breathing = None
     if args.breathing > 0 or args.divergence_mm > 0:
         breathing = BreathingParams(amplitude=args.breathing, divergence=args.divergence_mm * 1e-3)
+    if not 0.0 <= args.scope_diameter < 20.0:
+        print(f"sim case: --scope-diameter {args.scope_diameter} mm is not a bronchoscope's")
+        return 2
     cp = CaseParams(n_frames=args.frames, size=args.size, fov_deg=args.fov_deg, fps=args.fps, breathing=breathing,
+                    trajectory=TrajectoryParams(scope_diameter=args.scope_diameter * 1e-3),
                     starts=not args.no_starts, start_every=args.start_every, compressed=args.compressed,
                     storage=args.storage, write_ct=args.ct)
     anatomy = None

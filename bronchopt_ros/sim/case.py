@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +263,8 @@ def write_case(out_dir: str | Path, seed: int, params: CaseParams | None = None,
 
     domain = p.appearance_domain or appearance_domain(split)
     app = appearance or sample_appearance(rng_app, domain)
+    if app.light_offset > p.trajectory.max_light_offset:  # (the light guide lies within the scope's tip)
+        app = replace(app, light_offset=p.trajectory.max_light_offset)
     breathing = p.breathing
     if breathing is not None:
         breathing = BreathingParams(**{**asdict(breathing), "seed": seed})

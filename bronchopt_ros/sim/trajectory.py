@@ -13,6 +13,7 @@ Every camera centre returned is strictly inside the lumen: inside the mesh (ray 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -145,16 +146,19 @@ def wall_distance(raycaster: "Raycaster", points: np.ndarray, n_dirs: int = 64) 
 
 
 def inside_lumen(points: np.ndarray, index: CenterlineIndex, raycaster: "Raycaster | None" = None,
-                 margin: float = 1.0e-3, margin_frac: float = 0.4) -> np.ndarray:
+                 margin: float = 1.0e-3, margin_frac: float = 0.4, min_clearance: float = 0.0) -> np.ndarray:
     """True where a point is strictly inside the lumen with the margin: within
     ``radius - lumen_margin(radius)`` of the centerline and, given a ray caster, inside the mesh
-    and at least half the margin from its wall."""
+    and at least half the margin from its wall. ``min_clearance`` (a scope's radius): also at
+    least this far inside the centerline's radius, and 0.9 of it from the mesh wall (a bronchial
+    wall gives a little)."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     m = lumen_margin(index.local_radius(points), margin, margin_frac)
-    ok = index.clearance(points) > m
+    ok = index.clearance(points) > np.maximum(m, min_clearance)
     if raycaster is not None and ok.any():
         idx = np.flatnonzero(ok)
-        inside = raycaster.contains(points[idx]) & (wall_distance(raycaster, points[idx]) > 0.5 * m[idx])
+        wall = np.maximum(0.5 * m[idx], 0.9 * min_clearance)
+        inside = raycaster.contains(points[idx]) & (wall_distance(raycaster, points[idx]) > wall)
         ok[idx] = inside
     return ok
 
@@ -189,6 +193,33 @@ class TrajectoryParams:
     path_smoothing: float = 2e-3  # Gaussian smoothing of the centerline path, metres
     margin: float = 1.0e-3  # wall clearance: min(margin, margin_frac * radius)
     margin_frac: float = 0.4
+    # The scope's outer diameter (m); 0: a point camera, as in every case before session 31 (the
+    # benchmark's too). Given, the tip's centre keeps its radius from the wall, the procedure only
+    # enters bronchi the scope fits in (a path at least its radius + scope_slack wide all the way),
+    # and write_case keeps the light guide inside the tip (the appearance's light offset at most
+    # the radius less light_guide_radius). A point camera goes where no scope can: in the LIDC487
+    # segmentation's 2-2.6 mm bronchi its light guide, 1.2 mm off the lens, came within 0.2 mm of
+    # the wall or through it, and rendered views no endoscope can film.
+    scope_diameter: float = 0.0
+    scope_slack: float = 0.1e-3
+    light_guide_radius: float = 0.3e-3
+
+    def clearance(self, radius: np.ndarray | float) -> np.ndarray:
+        """The wall clearance the camera's centre keeps in a lumen of ``radius``."""
+        m = lumen_margin(radius, self.margin, self.margin_frac)
+        return np.maximum(m, 0.5 * self.scope_diameter) if self.scope_diameter > 0 else m
+
+    @property
+    def target_radius(self) -> float:
+        """The narrowest lumen radius a procedure's path may pass."""
+        if self.scope_diameter > 0:
+            return max(self.min_target_radius, 0.5 * self.scope_diameter + self.scope_slack)
+        return self.min_target_radius
+
+    @property
+    def max_light_offset(self) -> float:
+        """The largest light guide offset from the lens the scope has room for (inf: no scope)."""
+        return max(0.5 * self.scope_diameter - self.light_guide_radius, 0.0) if self.scope_diameter > 0 else math.inf
 
 
 @dataclass
@@ -230,10 +261,12 @@ def smooth_noise(rng: np.random.Generator, n: int, dims: int, timescale_frames: 
 
 
 def _wide_branches(cl: Centerline, p: TrajectoryParams) -> list:
-    """Branches (not the trachea) whose whole path is at least ``min_target_radius`` wide (all
-    non-root branches when none is)."""
-    wide = [b for b in cl.branches if b.parent >= 0 and cl.path_to(b.id)[1].min() >= p.min_target_radius]
-    return wide or [b for b in cl.branches if b.parent >= 0] or list(cl.branches)
+    """Branches (not the trachea) whose whole path is at least ``p.target_radius`` wide (all
+    non-root branches when none is and no scope is given)."""
+    wide = [b for b in cl.branches if b.parent >= 0 and cl.path_to(b.id)[1].min() >= p.target_radius]
+    if wide or p.scope_diameter > 0:
+        return wide
+    return [b for b in cl.branches if b.parent >= 0] or list(cl.branches)
 
 
 def _path_needed(cl: Centerline, b, p: TrajectoryParams, s0: float) -> float:
@@ -246,6 +279,8 @@ def _choose_target(cl: Centerline, rng: np.random.Generator, p: TrajectoryParams
     """A target branch: a deep leaf (wide enough all the way) when time allows; with a length
     ``budget`` (metres of path a short recording can cover) the deepest branches within reach."""
     wide = _wide_branches(cl, p)
+    if not wide:
+        raise TrajectoryError(f"a {1e3 * p.scope_diameter:.1f} mm scope fits in no bronchus of this airway")
     if budget is not None:
         need = {b.id: _path_needed(cl, b, p, s0) for b in wide}
         reach = [b for b in wide if need[b.id] <= budget]
@@ -431,7 +466,7 @@ def plan_procedure(airway: "Airway | Centerline", rng: np.random.Generator, targ
     # --- centre: smoothed path + off-centre offset in the path's normal plane
     base = path.at(s, path.P)
     radius = path.at(s, path.R)
-    margin = lumen_margin(radius, p.margin, p.margin_frac)
+    margin = p.clearance(radius)
     n2 = smooth_noise(rng, n_frames, 2, tsf(p.offcentre_timescale_s))
     mag = np.linalg.norm(n2, axis=1, keepdims=True)
     n2 = n2 * (np.tanh(mag) / np.maximum(mag, 1e-9))
@@ -442,7 +477,7 @@ def plan_procedure(airway: "Airway | Centerline", rng: np.random.Generator, targ
     shrink = np.ones(n_frames)
     for _ in range(12):
         c = base + offset * shrink[:, None]
-        ok = inside_lumen(c, index, raycaster, p.margin, p.margin_frac)
+        ok = inside_lumen(c, index, raycaster, p.margin, p.margin_frac, 0.5 * p.scope_diameter)
         if ok.all():
             break
         bad = ~ok
@@ -459,7 +494,7 @@ def plan_procedure(airway: "Airway | Centerline", rng: np.random.Generator, targ
         shrink[bad] = np.minimum(shrink[bad], f[bad])
     else:
         c = base + offset * shrink[:, None]
-        ok = inside_lumen(c, index, raycaster, p.margin, p.margin_frac)
+        ok = inside_lumen(c, index, raycaster, p.margin, p.margin_frac, 0.5 * p.scope_diameter)
         if not ok.all():
             raise TrajectoryError(f"could not keep {int((~ok).sum())} frames inside the lumen (leaf {leaf})")
     centres = base + offset * shrink[:, None]

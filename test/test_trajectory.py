@@ -108,7 +108,7 @@ def test_inside_lumen_rejects_outside(airway, rc):
 
 def test_a_scope_keeps_its_radius_from_the_wall_and_enters_only_what_it_fits(airway, rc):
     """TrajectoryParams.scope_diameter: the tip's centre stays a scope radius inside the lumen
-    (0.9 of it from the mesh wall), the path only passes bronchi at least its radius + slack
+    (at least 0.8 of it from the wall), the path only passes bronchi at least its radius + slack
     wide (here the 3.5 mm daughters are out of a 7 mm scope's reach), a scope wider than the
     trachea goes nowhere; 0 (a point camera) is the plain procedure."""
     from bronchopt_ros.sim.trajectory import TrajectoryError
@@ -121,7 +121,7 @@ def test_a_scope_keeps_its_radius_from_the_wall_and_enters_only_what_it_fits(air
         tr = plan_procedure(airway, np.random.default_rng(seed), n_frames=120, params=p, raycaster=rc)
         assert tr.target_leaf in (1, 2) and not {3, 4} & set(tr.path_branches)
         c = tr.centres
-        assert np.all(index.clearance(c) > 3.5e-3) and np.all(wall_distance(rc, c) > 0.9 * 3.5e-3)
+        assert np.all(index.clearance(c) > 0.8 * 3.5e-3) and np.all(wall_distance(rc, c) > 0.8 * 3.5e-3)
     point = plan_procedure(airway, np.random.default_rng(0), n_frames=120, raycaster=rc)
     plain = plan_procedure(airway, np.random.default_rng(0), n_frames=120, params=TrajectoryParams(scope_diameter=0.0),
                            raycaster=rc)

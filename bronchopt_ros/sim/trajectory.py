@@ -150,14 +150,14 @@ def inside_lumen(points: np.ndarray, index: CenterlineIndex, raycaster: "Raycast
     """True where a point is strictly inside the lumen with the margin: within
     ``radius - lumen_margin(radius)`` of the centerline and, given a ray caster, inside the mesh
     and at least half the margin from its wall. ``min_clearance`` (a scope's radius): also at
-    least this far inside the centerline's radius, and 0.9 of it from the mesh wall (a bronchial
-    wall gives a little)."""
+    least 0.8 of it inside the centerline's radius and from the mesh wall (a bronchial wall gives
+    a little under a scope's tip, and a segmentation's wall is rough)."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     m = lumen_margin(index.local_radius(points), margin, margin_frac)
-    ok = index.clearance(points) > np.maximum(m, min_clearance)
+    ok = index.clearance(points) > np.maximum(m, 0.8 * min_clearance)
     if raycaster is not None and ok.any():
         idx = np.flatnonzero(ok)
-        wall = np.maximum(0.5 * m[idx], 0.9 * min_clearance)
+        wall = np.maximum(0.5 * m[idx], 0.8 * min_clearance)
         inside = raycaster.contains(points[idx]) & (wall_distance(raycaster, points[idx]) > wall)
         ok[idx] = inside
     return ok

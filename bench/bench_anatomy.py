@@ -14,6 +14,11 @@ staircase surfaces, a cut trachea; CC BY-NC-SA, so it is not in this repository,
 the cases made from it.) Cases are written to ``--work`` (default data/anatomy_<file name>, ~45 s
 per 15 s procedure here) and reused; each tracking result is kept there under a hash of the config
 and the package's code, so an interrupted run resumes and a changed tracker runs again.
+
+``--scope-diameter MM`` films the procedures with a scope of that size (``sim case
+--scope-diameter``): only where it fits, its light guide inside its tip. The default, a point
+camera, also goes where no bronchoscope can (bench/results/anatomy_lidc487_scope2.8.json against
+anatomy_lidc487.json).
 """
 from __future__ import annotations
 

@@ -6,6 +6,11 @@
 With several ``--config`` files every weights file runs with each (labelled ``WEIGHTS @ CONFIG``),
 so settings are compared the same way, paired over the same repeats.
 
+Cases from several folders (data/val, data/deep, ...) are also pooled per folder, each group with
+its own paired differences: a gain on short procedures must not hide a loss deep in long ones
+(sessions 16-30: validation on 10 s procedures kept preferring weights that lost deep on the 30 s
+test insertions; judge by the 30 s insertions' generations 5+ too).
+
 For each weights file (``shipped`` = the package's) the cases are tracked offline, every frame
 (or registered frame-wise from ``starts/LEVEL.tum``), with the navigator config's settings, as
 ``bronchopt bench`` does. Prints a line per case, then the frames of all cases pooled into one
@@ -53,6 +58,22 @@ def spread_figures(m: dict) -> dict:
             "deep_rot_rad": deep.get("rot_err_rad_mean", float("nan"))}
 
 
+def print_spread(spread: dict[str, list[dict]], first: str, title: str) -> None:
+    """Each variant's figures over the repeats (mean +- sd) and its paired difference from ``first``."""
+    print(f"\n{title} (mean +- sd; paired difference from {first}):")
+    print("| weights | " + " | ".join(SPREAD_KEYS) + " |\n|" + " --- |" * (len(SPREAD_KEYS) + 1))
+    base = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[first]], float)
+    for w in spread:
+        a = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[w]], float)
+        sd = (lambda x: x.std(ddof=1)) if len(a) > 1 else (lambda x: float("nan"))
+        print(f"| {w} | " + " | ".join(f"{a[:, i].mean():.4g} +- {sd(a[:, i]):.2g}" for i in range(len(SPREAD_KEYS)))
+              + " |")
+        if w != first:
+            d = a - base
+            print(f"| {w} - {first} | " + " | ".join(
+                f"{d[:, i].mean():+.4g} +- {sd(d[:, i]):.2g}" for i in range(len(SPREAD_KEYS))) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     from bronchopt_ros import evaluation as ev
     from bronchopt_ros.cli.evaluate import pipeline_from_yaml
@@ -74,14 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result, spread = {}, {}
+    groups: dict[str, list[int]] = {}  # cases by folder
+    for ci, case in enumerate(args.cases):
+        groups.setdefault(Path(case).absolute().parent.name, []).append(ci)
+    by_group: dict[str, dict[str, list[dict]]] = {g: {} for g in groups} if len(groups) > 1 else {}
     variants = [(w, c, w if len(args.config) == 1 else f"{w} @ {Path(c).stem if c else 'default'}")
                 for w in args.weights for c in args.config]
     for wfile, conf, w in variants:
         cfg = dataclasses.replace(pipeline_from_yaml(conf), encoder_weights="" if wfile == "shipped" else wfile)
         encoder = load_default_encoder(cfg)
         spread[w] = []
+        for g in by_group:
+            by_group[g][w] = []
         for rep in range(args.repeats):
-            recs, starts, tracker, by_case = [], [], None, {}
+            recs, starts, tracker, by_case, case_recs = [], [], None, {}, []
             for ci, case in enumerate(args.cases):
                 if args.framewise:
                     r, s, _, tracker = ev.framewise_case(case, args.framewise, cfg, encoder=encoder, progress=False)
@@ -92,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                             init_xi=xis[rep, ci] if rep else None)
                     m = ev.summarise(r)
                 recs += r
+                case_recs.append(r)
                 by_case[Path(case).name] = m
                 print(f"{w} {Path(case).name}{f' (repeat {rep})' if args.repeats > 1 else ''}: {len(r)} frames, "
                       f"{m['trans_err_mm_mean']:.2f} mm, {m['rot_err_rad_mean']:.3f} rad, "
@@ -102,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                 result[w]["by_case"] = by_case
             if not args.framewise:
                 spread[w].append(spread_figures(pooled))
+                for g in by_group:
+                    group_recs = [f for ci in groups[g] for f in case_recs[ci]]
+                    by_group[g][w].append(spread_figures(ev.summarise(group_recs)))
     print("\n| weights | frames | mm | rad | success | wrong while tracking |\n| --- | --- | --- | --- | --- | --- |")
     for w, m in result.items():
         print(f"| {w} | {m['frames']} | {m['trans_err_mm_mean']:.2f} | {m['rot_err_rad_mean']:.3f} | "
@@ -109,21 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         for g, v in m.get("by_generation", {}).items():
             print(f"|   {g} | {v['frames']} | {v['trans_err_mm_mean']:.2f} | {v['rot_err_rad_mean']:.3f} | "
                   f"{100 * v['success_rate']:.1f} % | |")
+    first = variants[0][2]
     if args.repeats > 1:
-        first = variants[0][2]
-        print(f"\nOver {args.repeats} repeats (mean +- sd; paired difference from {first}):")
-        print("| weights | " + " | ".join(SPREAD_KEYS) + " |\n|" + " --- |" * (len(SPREAD_KEYS) + 1))
-        base = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[first]], float)
-        for w in spread:
-            a = np.array([[rep[k] for k in SPREAD_KEYS] for rep in spread[w]], float)
-            cells = [f"{a[:, i].mean():.4g} +- {a[:, i].std(ddof=1):.2g}" for i in range(len(SPREAD_KEYS))]
-            print(f"| {w} | " + " | ".join(cells) + " |")
-            if w != first:
-                d = a - base
-                print(f"| {w} - {first} | " + " | ".join(
-                    f"{d[:, i].mean():+.4g} +- {d[:, i].std(ddof=1):.2g}" for i in range(len(SPREAD_KEYS))) + " |")
+        print_spread(spread, first, f"All cases, over {args.repeats} repeats")
+    for g, sp in by_group.items():
+        print_spread(sp, first, f"Cases in {g}/ ({len(groups[g])}), over {args.repeats} repeat(s)")
     (out / "compare.json").write_text(json.dumps({"cases": args.cases, "framewise": args.framewise,
                                                   "configs": args.config, "results": result, "repeats": spread,
+                                                  "groups": {g: {"cases": [args.cases[i] for i in groups[g]],
+                                                                 "repeats": by_group[g]} for g in by_group},
                                                   "jitter": list(args.jitter) if args.repeats > 1 else None},
                                                  indent=1, default=float))
     return 0

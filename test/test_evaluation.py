@@ -275,3 +275,13 @@ def test_compare_weights_repeats_from_jittered_initial_poses(evaluated, tmp_path
     assert set(res) == {"shipped @ navigator", "shipped @ loose"}
     assert res["shipped @ navigator"]["trans_err_mm_mean"] == pytest.approx(plain["trans_err_mm_mean"], abs=1e-9)
     assert res["shipped @ loose"]["trans_err_mm_mean"] != res["shipped @ navigator"]["trans_err_mm_mean"]
+    # cases from two folders: each folder pooled apart as well (here the same case twice: equal)
+    for g in ("short", "long"):
+        (tmp_path / g).mkdir()
+        (tmp_path / g / "case").symlink_to(Path(case).absolute())
+    assert cw.main(["--weights", "shipped", "--cases", str(tmp_path / "short" / "case"), str(tmp_path / "long" / "case"),
+                    "--out", str(tmp_path / "grp")]) == 0
+    groups = json.loads((tmp_path / "grp" / "compare.json").read_text())["groups"]
+    assert set(groups) == {"short", "long"}
+    short, long_ = groups["short"]["repeats"]["shipped"][0], groups["long"]["repeats"]["shipped"][0]
+    assert short["trans_err_mm_mean"] == pytest.approx(plain["trans_err_mm_mean"], abs=1e-9) == long_["trans_err_mm_mean"]

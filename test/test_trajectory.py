@@ -115,6 +115,7 @@ def test_a_scope_keeps_its_radius_from_the_wall_and_enters_only_what_it_fits(air
 
     p = TrajectoryParams(scope_diameter=7e-3)
     assert p.target_radius == pytest.approx(3.6e-3) and p.max_light_offset == pytest.approx(3.2e-3)
+    assert p.scope_clearance == pytest.approx(0.8 * 3.5e-3) and TrajectoryParams().scope_clearance == 0.0
     assert TrajectoryParams().max_light_offset == np.inf
     index = CenterlineIndex(airway.centerline)
     for seed in range(4):

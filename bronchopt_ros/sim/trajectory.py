@@ -149,15 +149,14 @@ def inside_lumen(points: np.ndarray, index: CenterlineIndex, raycaster: "Raycast
                  margin: float = 1.0e-3, margin_frac: float = 0.4, min_clearance: float = 0.0) -> np.ndarray:
     """True where a point is strictly inside the lumen with the margin: within
     ``radius - lumen_margin(radius)`` of the centerline and, given a ray caster, inside the mesh
-    and at least half the margin from its wall. ``min_clearance`` (a scope's radius): also at
-    least 0.8 of it inside the centerline's radius and from the mesh wall (a bronchial wall gives
-    a little under a scope's tip, and a segmentation's wall is rough)."""
+    and at least half the margin from its wall; and at least ``min_clearance`` inside the
+    centerline's radius and from the mesh wall (:meth:`TrajectoryParams.scope_clearance`)."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     m = lumen_margin(index.local_radius(points), margin, margin_frac)
-    ok = index.clearance(points) > np.maximum(m, 0.8 * min_clearance)
+    ok = index.clearance(points) > np.maximum(m, min_clearance)
     if raycaster is not None and ok.any():
         idx = np.flatnonzero(ok)
-        wall = np.maximum(0.5 * m[idx], 0.8 * min_clearance)
+        wall = np.maximum(0.5 * m[idx], min_clearance)
         inside = raycaster.contains(points[idx]) & (wall_distance(raycaster, points[idx]) > wall)
         ok[idx] = inside
     return ok
@@ -203,11 +202,19 @@ class TrajectoryParams:
     scope_diameter: float = 0.0
     scope_slack: float = 0.1e-3
     light_guide_radius: float = 0.3e-3
+    # The tip may press into the wall by this share of its radius (a bronchial wall gives a little,
+    # and a segmentation's wall is rough: at 0.1 a 2.8 mm scope found no path through LIDC487).
+    scope_press: float = 0.2
 
     def clearance(self, radius: np.ndarray | float) -> np.ndarray:
-        """The wall clearance the camera's centre keeps in a lumen of ``radius``."""
+        """The wall clearance the camera's centre is planned with in a lumen of ``radius``."""
         m = lumen_margin(radius, self.margin, self.margin_frac)
         return np.maximum(m, 0.5 * self.scope_diameter) if self.scope_diameter > 0 else m
+
+    @property
+    def scope_clearance(self) -> float:
+        """The least distance from the centre to the wall a scope's tip is held to (0: no scope)."""
+        return (1.0 - self.scope_press) * 0.5 * self.scope_diameter
 
     @property
     def target_radius(self) -> float:
@@ -477,7 +484,7 @@ def plan_procedure(airway: "Airway | Centerline", rng: np.random.Generator, targ
     shrink = np.ones(n_frames)
     for _ in range(12):
         c = base + offset * shrink[:, None]
-        ok = inside_lumen(c, index, raycaster, p.margin, p.margin_frac, 0.5 * p.scope_diameter)
+        ok = inside_lumen(c, index, raycaster, p.margin, p.margin_frac, p.scope_clearance)
         if ok.all():
             break
         bad = ~ok
@@ -494,7 +501,7 @@ def plan_procedure(airway: "Airway | Centerline", rng: np.random.Generator, targ
         shrink[bad] = np.minimum(shrink[bad], f[bad])
     else:
         c = base + offset * shrink[:, None]
-        ok = inside_lumen(c, index, raycaster, p.margin, p.margin_frac, 0.5 * p.scope_diameter)
+        ok = inside_lumen(c, index, raycaster, p.margin, p.margin_frac, p.scope_clearance)
         if not ok.all():
             raise TrajectoryError(f"could not keep {int((~ok).sum())} frames inside the lumen (leaf {leaf})")
     centres = base + offset * shrink[:, None]

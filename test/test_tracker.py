@@ -640,7 +640,7 @@ def test_lost_search_is_held_near_the_estimate(renderer, monkeypatch):
         monkeypatch.setattr(tracker_mod, "register_depth", real)
         return searches[1:], res  # (the first is the initialisation's, held by init_prior_sigma_*)
 
-    cfg = TrackerConfig(lost_after=3, lost_at_once=0.0)
+    cfg = TrackerConfig(lost_after=3, lost_at_once=0.0, recheck_si=0.0)  # (the LOST search's alone)
     assert (cfg.lost_prior_sigma_m, cfg.lost_prior_sigma_rad) == (0.01, 0.7)
     searches, res = run(cfg)
     assert searches and all(p is not None and (p.sigma_m, p.sigma_rad) == (0.01, 0.7) for p in searches)
@@ -649,3 +649,32 @@ def test_lost_search_is_held_near_the_estimate(renderer, monkeypatch):
     assert res[-1].state == TrackState.TRACKING
     searches, _ = run(replace(cfg, lost_prior_sigma_m=0.0, lost_prior_sigma_rad=0.0))
     assert searches and all(p is None for p in searches)
+
+
+def test_a_badly_fitting_tracked_frame_is_searched_around(renderer):
+    """A TRACKING estimate knocked ~40 deg off at the carina (as a drift leaves it): the tracking
+    solver alone lands on a wrong pose (~67 deg off), which the state machine's hysteresis still
+    reports as TRACKING. With recheck_si, the frame's poor fit (its scale-invariant error above
+    the threshold) runs the search around that result, which finds the truth (counted); a frame
+    that fits needs no search."""
+    view = Pose.look_at(np.array([1.0, 0.5, 20.0]) * MM, (0.0, 0.0, -5 * MM), up=(1.0, 0.0, 0.0))
+    kick = [0.0, -0.0006, -0.0007, -0.732, 0.540, 0.343]
+    rgb = np.zeros((200, 200, 3), np.uint8)  # (no texture: no odometry, the solver from the estimate)
+    for recheck in (0.0, 0.1):
+        truth = {k / 30: view for k in range(3)}
+        tracker = Tracker(renderer, ExactDepth(renderer, truth), TrackerConfig(pipelined=False, recheck_si=recheck),
+                          centerline=_y_centerline())
+        tracker.initialise(view)
+        first = tracker.process(Frame(rgb, CAM, 0.0))
+        assert first.si_error < 0.01 and tracker.rechecks == 0  # (fits: no search)
+        tracker.pose = view.retract(kick)
+        r = tracker.process(Frame(rgb, CAM, 1 / 30))
+        assert r.state == TrackState.TRACKING
+        if recheck:
+            assert tracker.rechecks == 1 and tracker.recheck_moves == 1
+            assert r.pose.translation_error(view) < 1e-3 and r.pose.rotation_error(view) < 0.01
+            assert tracker.pose is r.pose  # (the estimate the next frame starts from)
+        else:
+            assert tracker.rechecks == 0 and r.si_error > 0.3
+            assert r.pose.rotation_error(view) > 0.5, r.pose.rotation_error(view)
+        tracker.close()

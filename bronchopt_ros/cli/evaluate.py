@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         metrics["blind_lost"] = int(tracker.blind_lost)  # (blind registrations that meant LOST: blind_probe)
         metrics["blind_held"] = int(tracker.blind_held)  # (blind registrations held near their start: blind_jump_m)
         metrics["turn_refused"] = int(tracker.turn_refused)  # (search results turned too far: max_turn_rate)
+        metrics["rechecks"] = int(tracker.rechecks)  # (badly fitting TRACKING frames searched around: recheck_si)
+        metrics["recheck_moves"] = int(tracker.recheck_moves)  # (... that took the search's better pose)
         if args.realtime is not None:
             metrics["realtime_frame_s"] = args.realtime
             metrics["unregistered_frames"] = int(tracker.unregistered)  # (went out on the odometry alone)

@@ -104,6 +104,14 @@ TRACKER_DOCS = {
     "search_budget": ("Starts tried per LOST frame: the relocaliser's candidates, then the next ones of the wide "
                       "search in turn over the following frames (bounds the latency while LOST; 0: all every frame).",
                       (0, 1000)),
+    "recheck_si": ("A TRACKING frame whose scale-invariant log-depth error exceeds this is searched around (the "
+                   "LOST search's starts about its own result, held by lost_prior_sigma_*); a result fitting "
+                   "clearly better (recheck_gain) and unambiguous (the reloc_ambiguity probes) replaces it: a drift "
+                   "caught while still TRACKING (counted: rechecks / recheck_moves in /diagnostics). 0: off.",
+                   (0.0, 5.0)),
+    "recheck_gain": ("... the search's result replaces the frame's only when its error is below this share of "
+                     "the frame's (both at the tracking width).", (0.0, 1.0)),
+    "recheck_every_s": ("... at most one such search per this many seconds (s).", (0.0, 60.0)),
     "si_scale": ("Scale-invariant log-depth error at which the confidence is exp(-1).", (0.01, 5.0)),
     "min_valid_fraction": ("Rendered pixel share below which a pose is not trusted.", (0.0, 1.0)),
     "lost_below": ("Confidence below which a frame counts towards LOST.", (0.0, 1.0)),
@@ -675,6 +683,8 @@ class Navigator(Node):
                     blind_lost=str(getattr(self.tracker, "blind_lost", 0)),
                     blind_held=str(getattr(self.tracker, "blind_held", 0)),
                     turn_refused=str(getattr(self.tracker, "turn_refused", 0)),
+                    rechecks=str(getattr(self.tracker, "rechecks", 0)),
+                    recheck_moves=str(getattr(self.tracker, "recheck_moves", 0)),
                     image_publishers=str(self.count_publishers(self._image_sub_topic)),
                     lighting=self._lighting_state(),
                     **{k: str(v) for k, v in self.counters.items()})

@@ -15,6 +15,7 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from bronchopt_msgs.msg import TrackingStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from nav_msgs.msg import Path as PathMsg  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
@@ -23,6 +24,7 @@ from bronchopt_ros.io import ros_convert as rc  # noqa: E402
 from bronchopt_ros.io.player import BagPlayer  # noqa: E402
 from bronchopt_ros.io.tum import read_tum  # noqa: E402
 from bronchopt_ros.nodes.spin import BackgroundSpin  # noqa: E402
+from bronchopt_ros.tracker import TrackState  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FRAMES = 24
@@ -62,7 +64,8 @@ def _graph(ctx, case, nav_params=None):
 def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"):
     server, nav = _graph(ctx, case, nav_params)
     probe = Node("probe", context=ctx)
-    poses, tfs, status, paths = {}, [], [], []
+    poses, tfs, status, paths, diagnostics = {}, [], [], [], []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     probe.create_subscription(PathMsg, "/bronchopt/path", paths.append, 10)
     probe.create_subscription(PoseStamped, pose_topic, lambda m: poses.__setitem__(rc.stamp_to_ns(m.header.stamp), m), 100)
     probe.create_subscription(TFMessage, "/tf", lambda m: tfs.extend(m.transforms), 100)
@@ -84,7 +87,11 @@ def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"
         deadline = time.monotonic() + 2.0 + nav.path_period  # the timer sends the path's last poses
         while time.monotonic() < deadline and not (paths and len(paths[-1].poses) >= len(poses)):
             time.sleep(0.1)
-        return nav, poses, tfs, status, player, paths
+        deadline = time.monotonic() + 5.0  # (the timer's next /diagnostics after the last frame)
+        n = len(diagnostics)
+        while time.monotonic() < deadline and len(diagnostics) <= n:
+            time.sleep(0.1)
+        return nav, poses, tfs, status, player, paths, diagnostics
     finally:
         spin.stop()
         for n in (server, nav, probe):
@@ -94,7 +101,7 @@ def _run_bag(ctx, case, nav_params=None, rate=0.25, pose_topic="/bronchopt/pose"
 def test_bag_through_the_graph_matches_offline(ros_context, case, offline):
     records, offline_metrics = offline
     # Slow enough that even the first frame (the initialisation search) ends before the next one.
-    nav, poses, tfs, status, player, paths = _run_bag(ros_context, case, rate=0.05,
+    nav, poses, tfs, status, player, paths, diagnostics = _run_bag(ros_context, case, rate=0.05,
                                                       nav_params={"path_publish_period": 2.0})
     assert not player.stats.error
     stamps, truth = read_tum(case / "truth.tum")
@@ -123,6 +130,13 @@ def test_bag_through_the_graph_matches_offline(ros_context, case, offline):
     # The status reports the work and the backends.
     last = status[-1]
     assert last.frames_processed == N_FRAMES and last.renderer_backend and last.encoder_backend
+    assert last.state_name == TrackState(last.state).name
+    # /diagnostics carries the tracker's counters (after the last frame: its final counts).
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    assert values["state"] == status[-1].state_name
+    assert int(values["processed"]) == N_FRAMES
+    for key in ("rechecks", "recheck_moves", "blind_lost", "blind_held", "ambiguous_recoveries", "turn_refused"):
+        assert int(values[key]) == getattr(nav.tracker, key), key
 
 
 def test_yaml_parameters_take_effect(ros_context, case, tmp_path):
@@ -137,7 +151,7 @@ def test_yaml_parameters_take_effect(ros_context, case, tmp_path):
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(path)])
     try:
-        nav, poses, _, _, _, _ = _run_bag(ctx, case, rate=0.5, pose_topic="/custom/pose")
+        nav, poses, _, _, _, _, _ = _run_bag(ctx, case, rate=0.5, pose_topic="/custom/pose")
         assert nav.pose_topic == "/custom/pose"
         assert nav.pipeline.tracker.pyramid == (20, 40)
         assert len(poses) > 0

@@ -633,6 +633,7 @@ class Navigator(Node):
         s.header.stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
         s.header.frame_id = self.camera_frame
         s.state = int(self.state)
+        s.state_name = TrackState(self.state).name
         if res is not None:
             s.similarity = float(res.similarity)
             s.confidence = float(res.confidence)

@@ -551,6 +551,7 @@ class Tracker:
             self.odometry.reset()
             self._odo_update = None
             self._frame_intervals.clear()
+            self._recheck_stamp = -math.inf
         since = self.last_stamp if self.last_stamp is not None else -math.inf
         self.last_stamp = frame.stamp
         prev = since  # the camera's frame interval: between the frames seen (processed or skipped)

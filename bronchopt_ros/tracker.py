@@ -164,8 +164,8 @@ class TrackerConfig:
     # A TRACKING frame that fits badly (scale-invariant error above recheck_si) runs the LOST
     # search's starts around its own result (rotated copies and centerline poses within
     # search_radius, held by the lost_prior sigmas, search_budget of them); a result fitting the
-    # frame clearly better (its error below recheck_gain times the frame's, both at the tracking
-    # width) and unambiguous (the reloc_ambiguity probes) replaces it: a drift caught while the
+    # frame clearly better (its error, refined at the tracking width, below recheck_gain times the
+    # frame's, at the frame's own finest width: the tracking width unless the odometry failed) and unambiguous (the reloc_ambiguity probes) replaces it: a drift caught while the
     # state still says TRACKING. At most once per recheck_every_s. recheck_si 0: off. Session 32,
     # 30 validation procedures (13500 frames; 0.9 % of the right TRACKING frames lie above 0.2,
     # 15 % above 0.12): off 1.21 mm / 0.087 rad / 92.2 %, 1004 frames wrong while TRACKING; 0.15
@@ -995,7 +995,7 @@ class Tracker:
         starts = self._budgeted(self.search_starts(reg.pose), cfg.search_budget)
         prior = PosePrior(reg.pose, cfg.lost_prior_sigma_m, cfg.lost_prior_sigma_rad)
         found = self._register(frame, target, starts, keep=3, init=True, prior=prior)
-        # (the same width as the frame's own error: the full solver's ends finer)
+        # (refined at the tracking width, as a tracked frame's own error is: the full solver's ends finer)
         found = self._register(frame, target, [found.pose])
         if not found.si_error < cfg.recheck_gain * reg.si_error or self.confidence(found) < cfg.recover_above:
             return None

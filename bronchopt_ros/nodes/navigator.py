@@ -110,8 +110,8 @@ TRACKER_DOCS = {
                    "caught while still TRACKING (counted: rechecks / recheck_moves in /diagnostics). 0: off.",
                    (0.0, 5.0)),
     "recheck_gain": ("... the search's result replaces the frame's only when its error is below this share of "
-                     "the frame's (the search's refined at the tracking width; the frame's at its own solver's finest width, the "
-                     "tracking width unless the odometry failed).", (0.0, 1.0)),
+                     "the frame's (the search's refined at the tracking width; the frame's at its own solver's "
+                     "finest width, the tracking width unless the odometry failed).", (0.0, 1.0)),
     "recheck_every_s": ("... at most one such search per this many seconds (s).", (0.0, 60.0)),
     "si_scale": ("Scale-invariant log-depth error at which the confidence is exp(-1).", (0.01, 5.0)),
     "min_valid_fraction": ("Rendered pixel share below which a pose is not trusted.", (0.0, 1.0)),

@@ -993,9 +993,8 @@ class Tracker:
         cfg = self.config
         self._recheck_stamp = frame.stamp
         self.rechecks += 1
-        starts = self._budgeted(self.search_starts(reg.pose), cfg.search_budget)
-        prior = PosePrior(reg.pose, cfg.lost_prior_sigma_m, cfg.lost_prior_sigma_rad)
-        found = self._register(frame, target, starts, keep=3, init=True, prior=prior)
+        found = self._search(frame, target, self._budgeted(self.search_starts(reg.pose), cfg.search_budget), [],
+                             center=reg.pose)
         # (refined at the tracking width, as a tracked frame's own error is: the full solver's ends finer)
         found = self._register(frame, target, [found.pose])
         if not found.si_error < cfg.recheck_gain * reg.si_error or self.confidence(found) < cfg.recover_above:
@@ -1005,9 +1004,10 @@ class Tracker:
         self.recheck_moves += 1
         return found
 
-    def _search(self, frame: Frame, target: DepthTarget, local: list[Pose], reloc: list[Pose]) -> RegResult | None:
+    def _search(self, frame: Frame, target: DepthTarget, local: list[Pose], reloc: list[Pose],
+                center: Pose | None = None) -> RegResult | None:
         """The LOST search's registration: the ``local`` starts (around the estimate) held near the
-        estimate by the ``lost_prior_sigma_*`` prior and ranked by data + prior cost; the
+        estimate (or ``center``) by the ``lost_prior_sigma_*`` prior and ranked by data + prior cost; the
         relocaliser's candidates (``reloc``, anywhere within reach) unheld. The more confident of
         the two results (None: no starts). Three starts in all are refined past the coarsest level
         (two local and the best candidate when there are both), as one unheld registration did."""
@@ -1017,7 +1017,8 @@ class Tracker:
             local, reloc = reloc + local, []  # (one registration, all unheld)
         results = []
         if local:
-            prior = PosePrior(self.pose, cfg.lost_prior_sigma_m, cfg.lost_prior_sigma_rad) if held else None
+            prior = PosePrior(center if center is not None else self.pose, cfg.lost_prior_sigma_m,
+                              cfg.lost_prior_sigma_rad) if held else None
             results.append(self._register(frame, target, local, keep=2 if reloc else 3, init=True, prior=prior))
         if reloc:
             results.append(self._register(frame, target, reloc, keep=1 if local else 3, init=True))

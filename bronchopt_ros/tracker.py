@@ -168,7 +168,7 @@ class TrackerConfig:
     # frame's, at the frame's own finest width: the tracking width unless the odometry failed) and
     # unambiguous (the reloc_ambiguity probes) replaces it: a drift caught while the state still
     # says TRACKING. At most once per recheck_every_s. recheck_si 0: off. Session 32,
-    # 30 validation procedures (13500 frames; 0.9 % of the right TRACKING frames lie above 0.2,
+    # 29 validation procedures (13500 frames; 0.9 % of the right TRACKING frames lie above 0.2,
     # 15 % above 0.12): off 1.21 mm / 0.087 rad / 92.2 %, 1004 frames wrong while TRACKING; 0.15
     # 0.082 rad / 94.3 %, 742; 0.12 0.078 / 95.4 %, 533 (gain 0.7: 595); 0.10 0.079 / 94.9 %, 613.
     recheck_si: float = 0.12

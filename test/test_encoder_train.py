@@ -142,6 +142,30 @@ def test_illumination_field_makes_one_side_brighter():
     assert min(spreads) < 0.5 * max(spreads)  # of random size
 
 
+def test_fluid_film_is_fixed_in_the_image_over_its_share():
+    """The lens film (the simulator's, and the training augmentation's): the same seed covers the
+    same pixels of any frame (it sits on the lens, not on the wall), about its share of them,
+    seen blurred and tinted; share 0 changes nothing."""
+    from bronchopt_ros.encoder.augment import AugmentConfig
+    from bronchopt_ros.sim.endoscope import fluid_film
+
+    rng = np.random.default_rng(5)
+    a, b = rng.random((2, 96, 96, 3)).astype(np.float32)
+    tint = (0.9, 0.8, 0.5)
+    changed = [np.abs(fluid_film(x, 0.3, tint, 77, 0.5) - x).mean(-1) > 0.05 for x in (a, b)]
+    share = [c.mean() for c in changed]
+    assert all(0.2 < s < 0.4 for s in share), share
+    assert (changed[0] & changed[1]).mean() > 0.8 * min(share)  # the same place on both frames
+    other = np.abs(fluid_film(a, 0.3, tint, 78, 0.5) - a).mean(-1) > 0.05
+    assert (other & changed[0]).mean() < 0.7 * share[0]  # another seed: another place
+    assert np.array_equal(fluid_film(a, 0.0, tint, 77, 0.5), a)
+    only = AugmentConfig(p_colour=0, p_gamma=0, p_specular=0, p_vignette=0, p_blur=0, p_noise=0, p_jpeg=0,
+                         p_gray=0, p_film=1.0)
+    img = (a * 255).astype(np.uint8)
+    out = augment_rgb(img, np.random.default_rng(0), only)
+    assert out.shape == img.shape and 0.05 < (np.abs(out.astype(int) - img).mean(-1) > 12).mean() < 0.5
+
+
 def test_sim_world_refuses_test_anatomies(tmp_path):
     from bronchopt_ros.encoder.sim_world import load_anatomy
 

@@ -131,6 +131,7 @@ def test_bag_through_the_graph_matches_offline(ros_context, case, offline):
     last = status[-1]
     assert last.frames_processed == N_FRAMES and last.renderer_backend and last.encoder_backend
     assert last.state_name == TrackState(last.state).name
+    assert all(s.header.frame_id == "ct" for s in status)  # (the frame of the pose it describes)
     # /diagnostics carries the tracker's counters (after the last frame: its final counts).
     values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
     assert values["state"] == status[-1].state_name

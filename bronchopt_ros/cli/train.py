@@ -55,6 +55,8 @@ def add_parser(sub, name: str, help_: str) -> argparse.ArgumentParser:
     p.add_argument("--no-breathing", action="store_true", help="render frames of the undeformed anatomy")
     p.add_argument("--depth-rank-weight", type=float, default=d.w_drank,
                    help="weight of the depth-ranking loss (the tracker's SI objective, true vs perturbed poses) [%(default)s]")
+    p.add_argument("--film", type=float, default=d.p_film,
+                   help="share of frames given a fluid film on the lens (augmentation) [%(default)s]")
     p.add_argument("--illumination", type=float, default=d.p_illumination,
                    help="share of frames given an uneven illumination field (augmentation) [%(default)s]")
     p.add_argument("--light-offset", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                           val_frames=args.val_frames, val_every=args.val_every, breathing=not args.no_breathing,
                           init=args.init, warmup=args.warmup, n_perturb=args.n_perturb,
                           trans_m=tuple(args.trans_range), rot_rad=tuple(args.rot_range),
-                          w_drank=args.depth_rank_weight, p_illumination=args.illumination,
+                          w_drank=args.depth_rank_weight, p_illumination=args.illumination, p_film=args.film,
                           light_offset=tuple(args.light_offset) if args.light_offset else None,
                           anatomy=tuple(parse_overrides(a) for a in args.anatomy or ()),
                           model=ModelConfig(backbone=args.backbone, backbone_weights=args.backbone_weights),

@@ -2,8 +2,9 @@
 
 On top of the simulator's own appearance randomisation, every training frame goes through a
 random subset of: colour jitter (per-channel gain, saturation), exposure, gamma, contrast, white
-specular blobs, vignetting, an uneven illumination field, blur, sensor noise (Gaussian + shot) and
-JPEG-like quantisation. None of them moves a pixel: the depth target stays aligned.
+specular blobs, vignetting, an uneven illumination field, a fluid film on the lens, blur, sensor
+noise (Gaussian + shot) and JPEG-like quantisation. None of them moves a pixel: the depth target
+stays aligned.
 
 The illumination field (a smooth brightness ramp of random direction times an off-centre radial
 falloff; off by default, ``bronchopt train --illumination P``) stands for what the simulator's light
@@ -14,6 +15,7 @@ sessions 16-17, with the depth-ranking loss and alone: not shipped (encoder/MODE
 """
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +33,7 @@ class AugmentConfig:
     p_specular: float = 0.5
     p_vignette: float = 0.5
     p_illumination: float = 0.0  # off in the shipped recipe (session 16's trial: see MODEL_CARD.md)
+    p_film: float = 0.0  # a fluid film on the lens (the simulator's, sim.endoscope.fluid_film) over 10-40 % of the view
     illumination_ramp: float = 0.6  # max log-brightness change from the centre to an edge
     p_blur: float = 0.4
     p_noise: float = 0.7
@@ -103,6 +106,13 @@ def augment_rgb(rgb: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig | 
         img = img * (1.0 - rng.uniform(0.1, 0.6) * s * np.clip(r2, 0, 2.0) / 2.0)[..., None]
     if rng.random() < cfg.p_illumination:
         img = np.clip(_illumination(img, rng, cfg.illumination_ramp * s), 0.0, 1.0)
+    if rng.random() < cfg.p_film:
+        from ..sim.endoscope import fluid_film
+
+        hue = rng.uniform(20.0, 70.0)  # (yellowish to greenish mucus; the simulator draws 35-55)
+        tint = colorsys.hsv_to_rgb(hue / 360.0, rng.uniform(0.1, 0.6), rng.uniform(0.6, 0.95))
+        img = np.clip(fluid_film(img, rng.uniform(0.1, 0.4), tint, int(rng.integers(0, 2**31 - 1)), W / 200.0),
+                      0.0, 1.0).astype(np.float32)
     if rng.random() < cfg.p_blur:
         sigma = rng.uniform(0.3, 1.5) * s * H / 128.0
         img = cv2.GaussianBlur(img, (0, 0), sigma)

@@ -118,6 +118,7 @@ class TrainConfig:
     tau_drank: float = 0.01
     n_pixels: int = 128
     p_illumination: float = 0.0  # share of frames given an uneven illumination field (augment.py)
+    p_film: float = 0.0  # share of frames given a fluid film on the lens (augment.py)
     # the training frames' light guide offsets (min, max in m); None: the train domain's 0-0.6 mm.
     # Validation keeps each domain's own (its figures stay comparable between runs).
     light_offset: tuple[float, float] | None = None
@@ -366,7 +367,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     factory = WorldFactory(cfg.source, cfg.train_seeds, str(out / "cache"), cfg.breathing, cfg.light_offset,
                            cfg.anatomy)
     pc = PairConfig(size=cfg.input_size, n_perturb=cfg.n_perturb, domain="train", trans_m=cfg.trans_m,
-                    rot_rad=cfg.rot_rad, augment=AugmentConfig(p_illumination=cfg.p_illumination))
+                    rot_rad=cfg.rot_rad, augment=AugmentConfig(p_illumination=cfg.p_illumination, p_film=cfg.p_film))
     ds = PairDataset(factory, pc, cfg.seed, start=step)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, collate_fn=collate,
                                          num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None,

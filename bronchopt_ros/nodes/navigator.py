@@ -632,7 +632,7 @@ class Navigator(Node):
     def _publish_status(self, res, stamp=None) -> None:
         s = TrackingStatus()
         s.header.stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
-        s.header.frame_id = self.camera_frame
+        s.header.frame_id = self.ct_frame  # (as the message documents: the frame of the pose it describes)
         s.state = int(self.state)
         s.state_name = TrackState(self.state).name
         if res is not None:

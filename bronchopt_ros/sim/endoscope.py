@@ -24,7 +24,7 @@ import numpy as np
 
 from .appearance import Appearance
 
-__all__ = ["gradient_noise", "fbm", "noise_volume", "shade", "develop", "ShadingInputs", "AutoGain"]
+__all__ = ["gradient_noise", "fbm", "noise_volume", "shade", "develop", "fluid_film", "ShadingInputs", "AutoGain"]
 
 D_REF = 0.01  # irradiance is normalised to 1 at 10 mm
 
@@ -291,6 +291,26 @@ def _motion_kernel(length: float, angle: float) -> np.ndarray:
     return ker / ker.sum()
 
 
+def fluid_film(img: np.ndarray, share: float, rgb, seed: int, scale: float = 1.0) -> np.ndarray:
+    """A fluid film on the lens over the ``share`` (0..1) of the image (H, W, 3 float) where a
+    smooth noise field (``seed``) is highest: the scene seen blurred through it, tinted ``rgb``,
+    plus a little of the tint's own scattered light. Fixed in the image: it does not move with the
+    scene. (The simulator's ``Appearance.fluid``; the encoder's training augmentation, ``p_film``.)"""
+    import cv2
+
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    pts = np.stack([xx.ravel() / w * 3.0, yy.ravel() / h * 3.0, np.full(h * w, 0.5)], 1)
+    f = gradient_noise(pts, seed).reshape(h, w)
+    thr = np.quantile(f, 1.0 - share)
+    m = np.clip((f - thr) / 0.08, 0.0, 1.0).astype(np.float32)
+    m = cv2.GaussianBlur(m, (0, 0), 2.0 * scale)[..., None]
+    blurred = cv2.GaussianBlur(img, (0, 0), 3.0 * scale)
+    tint = np.asarray(rgb, dtype=np.float32)
+    film = blurred * tint * 0.8 + 0.15 * tint * float(np.percentile(img, 90))
+    return img * (1 - m) + film * m
+
+
 def _lens_artefacts(img: np.ndarray, app: Appearance, scale: float) -> np.ndarray:
     """Bubbles and a fluid film on the lens: fixed in the image for a given appearance seed."""
     import cv2
@@ -299,16 +319,7 @@ def _lens_artefacts(img: np.ndarray, app: Appearance, scale: float) -> np.ndarra
     rng = np.random.default_rng(int(app.seed) + 12345)
     out = img
     if app.fluid > 0:
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-        pts = np.stack([xx.ravel() / w * 3.0, yy.ravel() / h * 3.0, np.full(h * w, 0.5)], 1)
-        f = gradient_noise(pts, int(app.seed) % 1000 + 77).reshape(h, w)
-        thr = np.quantile(f, 1.0 - app.fluid)
-        m = np.clip((f - thr) / 0.08, 0.0, 1.0).astype(np.float32)
-        m = cv2.GaussianBlur(m, (0, 0), 2.0 * scale)[..., None]
-        blurred = cv2.GaussianBlur(out, (0, 0), 3.0 * scale)
-        tint = np.asarray(app.fluid_rgb, dtype=np.float32)
-        film = blurred * tint * 0.8 + 0.15 * tint * float(np.percentile(out, 90))
-        out = out * (1 - m) + film * m
+        out = fluid_film(out, app.fluid, app.fluid_rgb, int(app.seed) % 1000 + 77, scale)
     if app.bubbles > 0:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         peak = float(np.percentile(out, 99)) + 1e-6

@@ -313,8 +313,6 @@ def fluid_film(img: np.ndarray, share: float, rgb, seed: int, scale: float = 1.0
 
 def _lens_artefacts(img: np.ndarray, app: Appearance, scale: float) -> np.ndarray:
     """Bubbles and a fluid film on the lens: fixed in the image for a given appearance seed."""
-    import cv2
-
     h, w = img.shape[:2]
     rng = np.random.default_rng(int(app.seed) + 12345)
     out = img

@@ -867,6 +867,13 @@ class Tracker:
             return frame
         return Frame(self._border.fill(frame.rgb, mask), frame.camera, frame.stamp, mask)
 
+    # The tracker's event counters (reset with it): /diagnostics and metrics.json carry them.
+    COUNTERS = ("ambiguous_recoveries", "blind_lost", "blind_held", "turn_refused", "rechecks", "recheck_moves")
+
+    def counters(self) -> dict[str, int]:
+        """The event counters (:attr:`COUNTERS`) by name."""
+        return {k: int(getattr(self, k)) for k in self.COUNTERS}
+
     def _update_odometry_reference(self) -> None:
         """The deferred end of the last frame: keep or renew the odometry's reference frame."""
         if self._odo_update is None:

@@ -24,7 +24,7 @@ from bronchopt_ros.io import ros_convert as rc  # noqa: E402
 from bronchopt_ros.io.player import BagPlayer  # noqa: E402
 from bronchopt_ros.io.tum import read_tum  # noqa: E402
 from bronchopt_ros.nodes.spin import BackgroundSpin  # noqa: E402
-from bronchopt_ros.tracker import TrackState  # noqa: E402
+from bronchopt_ros.tracker import Tracker, TrackState  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FRAMES = 24
@@ -136,8 +136,9 @@ def test_bag_through_the_graph_matches_offline(ros_context, case, offline):
     values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
     assert values["state"] == status[-1].state_name
     assert int(values["processed"]) == N_FRAMES
-    for key in ("rechecks", "recheck_moves", "blind_lost", "blind_held", "ambiguous_recoveries", "turn_refused"):
-        assert int(values[key]) == getattr(nav.tracker, key), key
+    assert set(nav.tracker.counters()) == set(Tracker.COUNTERS)
+    for key, count in nav.tracker.counters().items():
+        assert int(values[key]) == count == getattr(nav.tracker, key), key
 
 
 def test_yaml_parameters_take_effect(ros_context, case, tmp_path):

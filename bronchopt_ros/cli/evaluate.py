@@ -92,11 +92,9 @@ def run(args: argparse.Namespace) -> int:
                                                  max_frames=args.max_frames, realtime=args.realtime,
                                                  registration_s=args.registration_s, follow_s=args.follow_s)
         metrics = ev.summarise(records)
-        metrics["blind_lost"] = int(tracker.blind_lost)  # (blind registrations that meant LOST: blind_probe)
-        metrics["blind_held"] = int(tracker.blind_held)  # (blind registrations held near their start: blind_jump_m)
-        metrics["turn_refused"] = int(tracker.turn_refused)  # (search results turned too far: max_turn_rate)
-        metrics["rechecks"] = int(tracker.rechecks)  # (badly fitting TRACKING frames searched around: recheck_si)
-        metrics["recheck_moves"] = int(tracker.recheck_moves)  # (... that took the search's better pose)
+        # (ambiguous returns refused, blind frames that meant LOST / were held near their start, search
+        # results turned too far, drift rechecks and their moves: Tracker.COUNTERS)
+        metrics.update(tracker.counters())
         if args.realtime is not None:
             metrics["realtime_frame_s"] = args.realtime
             metrics["unregistered_frames"] = int(tracker.unregistered)  # (went out on the odometry alone)

@@ -41,7 +41,7 @@ from ..lighting import LightingConfig
 from ..pipeline import PipelineConfig, build_tracker, load_default_encoder, prepare_frame
 from ..skipped_frames import SkippedFrames
 from ..odometry import OdometryConfig
-from ..tracker import TrackerConfig, TrackState
+from ..tracker import Tracker, TrackerConfig, TrackState
 from .params import declare, declare_dataclass
 from .tf import TfPublisher
 
@@ -681,12 +681,8 @@ class Navigator(Node):
         vals = dict(state=TrackState(self.state).name, relocalisation_index=self.index_state(),
                     rate_hz=f"{self.rate_hz():.1f}",
                     latency_ms_p50=f"{np.percentile(lp, 50):.1f}", latency_ms_p95=f"{np.percentile(lp, 95):.1f}",
-                    ambiguous_recoveries=str(getattr(self.tracker, "ambiguous_recoveries", 0)),
-                    blind_lost=str(getattr(self.tracker, "blind_lost", 0)),
-                    blind_held=str(getattr(self.tracker, "blind_held", 0)),
-                    turn_refused=str(getattr(self.tracker, "turn_refused", 0)),
-                    rechecks=str(getattr(self.tracker, "rechecks", 0)),
-                    recheck_moves=str(getattr(self.tracker, "recheck_moves", 0)),
+                    **{k: str(v) for k, v in (self.tracker.counters() if self.tracker is not None
+                                              else dict.fromkeys(Tracker.COUNTERS, 0)).items()},
                     image_publishers=str(self.count_publishers(self._image_sub_topic)),
                     lighting=self._lighting_state(),
                     **{k: str(v) for k, v in self.counters.items()})

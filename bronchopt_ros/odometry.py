@@ -90,6 +90,17 @@ class OdometryConfig:
     # anatomies 2530-2535 3.53 / 0.174 / 63.2 % -> 1.95 / 0.151 / 85.1 % (session 29; without the
     # unzoomed fallback 1.40 / 0.091 / 89.5 % and 2.02 / 0.132 / 87.9 %).
     slow_camera_s: float = 0.05
+    # ... and for a step this long (s) whatever the camera's interval: a gap in the video (frames it
+    # dropped, or the tracker skipped and did not follow). Session 34, the 29 validation procedures
+    # with their video dropping 1-4 frames every 0.7-1.5 s (every frame left registered): without
+    # it the step after a gap of 4 frames often lost its corners; the blind registration was
+    # right but ambiguous (a round bronchus' roll), so LOST, and the returns withheld: 432 frames
+    # not TRACKING at a right pose (longest stretch 8.7 s, in the trachea), 792 wrong while
+    # TRACKING, 0.088 rad / 92.3 %. At 0.09: 203 frames, longest 3.1 s, 636 wrong, 0.084 / 93.8 %
+    # (0.05: 206, 710; 0.12: 175, 697). Without gaps nothing changes (the same poses); replayed at
+    # 15 processed frames/s (ten of them) neither, at 8 wrong while TRACKING 120 -> 70, success
+    # 77.9 -> 84.2 %. 10 (or more): only the camera's interval counts.
+    gap_step_s: float = 0.09
     retry_below: int = 25  # (also: a zoomed search keeping fewer inliers is tried unzoomed)
     ransac_px: float = 1.0  # PnP inlier threshold (px)
     min_inliers: int = 12  # fewer inliers: no odometry for this frame
@@ -203,6 +214,7 @@ class FrameOdometry:
         # The camera's frame interval (s; None: unknown), set by its user (the tracker) for the
         # zoom's and the retry's slow_camera_s.
         self.camera_interval_s: float | None = None
+        self._step_s: float | None = None  # the step being tracked: its time since the last frame (s)
         # The picture within the video's black surround (H, W bool; None: the whole frame), set by
         # its user: the reference's corners and pixels are taken a Lucas-Kanade window inside it.
         self.valid_mask: np.ndarray | None = None
@@ -290,6 +302,7 @@ class FrameOdometry:
         """The camera's motion from the reference frame to ``gray`` (None when it cannot be trusted).
         ``stamp`` (seconds): the frame's time, for the constant-velocity start of the search."""
         dt = stamp - self._stamp if stamp is not None and self._stamp is not None else None
+        self._step_s = dt
         since = self._last.motion if self._age > 0 and self._last is not None else Pose.identity()
         step = self._predicted_step(dt)
         fit = self._track(gray, camera, since, step)
@@ -444,10 +457,14 @@ class FrameOdometry:
         return OdometryResult(motion, int(len(inl)), int(ok.sum()), self._pose, self._age), ok, p1
 
     def _slow(self) -> bool:
-        """Whether the camera is slow enough for the zoom and the retry (``slow_camera_s``)."""
+        """Whether the zoom and the retry act on this step: the camera's frame interval is at least
+        ``slow_camera_s``, or the step spans a gap in the video of ``gap_step_s`` or more (frames
+        the video dropped, or the tracker skipped and did not follow)."""
         c = self.config
-        return c.slow_camera_s <= 0 or (self.camera_interval_s is not None
-                                        and self.camera_interval_s >= c.slow_camera_s)
+        if c.slow_camera_s <= 0:
+            return True
+        gap = self._step_s is not None and self._step_s >= c.gap_step_s
+        return gap or (self.camera_interval_s is not None and self.camera_interval_s >= c.slow_camera_s)
 
     def _zoom(self, step: Pose, camera: Camera) -> np.ndarray | None:
         """(2, 3) affine zoom of the previous frame about the focus of expansion by the scale a

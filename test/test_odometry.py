@@ -537,3 +537,29 @@ def test_a_large_step_toward_the_wall_is_followed_in_the_zoomed_previous_frame(w
     for k in range(2):  # from rest (the retry), then at a known velocity (the zoom)
         assert out["on"][k][0] > 1.5 * out["off"][k][0]
         assert out["on"][k][1] < 0.05 and out["on"][k][1] < 0.6 * out["off"][k][1]
+
+
+def test_a_step_over_a_gap_in_the_video_gets_the_zoom_and_the_retry(world, renderer):
+    """A 30 frames/s camera (the zoom and the retry off: its interval is under slow_camera_s)
+    whose video dropped two frames between each pair: the steps span 0.1 s, past gap_step_s, so
+    they get the zoom and the retry as a slow camera's do - more corners followed and a smaller
+    error than with gap_step_s out of reach (10 s: only the camera's interval counts)."""
+    poses = _path(world, 3, step=3.5 * MM, roll=0.0)
+    grays = [to_gray(_rgb(world, p, fine=3.0)) for p in poses]
+    stamps = [k * 0.1 for k in range(3)]
+    out = {}
+    for name, gap_step_s in (("off", 10.0), ("on", OdometryConfig().gap_step_s)):
+        odo = FrameOdometry(OdometryConfig(keyframe_frames=1, retry_below=40, gap_step_s=gap_step_s))
+        odo.camera_interval_s = 1 / 30.0
+        assert odo.update(grays[0], CAM, poses[0], renderer, stamps[0])
+        rows = []
+        for k in (1, 2):
+            res = odo.track(grays[k], CAM, stamps[k])
+            assert res is not None
+            moved = poses[k - 1].translation_error(poses[k])
+            rows.append((res.inliers, (poses[k - 1] @ res.motion).translation_error(poses[k]) / moved))
+            assert odo.update(grays[k], CAM, poses[k], renderer, stamps[k])
+        out[name] = rows
+    for k in range(2):  # from rest (the retry), then at a known velocity (the zoom)
+        assert out["on"][k][0] > 1.5 * out["off"][k][0], out
+        assert out["on"][k][1] < 0.05 and out["on"][k][1] < 0.6 * out["off"][k][1], out

@@ -214,6 +214,9 @@ ODOMETRY_DOCS = {
     "slow_camera_s": ("The zoom and the retry act only for a camera whose frame interval is at least this (s): "
                       "at 30 frames/s they cost the deep bronchi's rotation and gain nothing (0: always).",
                       (0.0, 10.0)),
+    "gap_step_s": ("... and for any step this long (s), whatever the camera's interval: a gap in the video "
+                   "(frames dropped, or skipped and not followed; 10: only the camera's interval counts).",
+                   (0.0, 10.0)),
     "ransac_px": ("PnP inlier threshold (px).", (0.1, 20.0)),
     "pnp_prior_px": ("PnP starts from the predicted motion and fits the tracks within this many px of where it "
                      "puts them, then those within ransac_px (0: RANSAC always).", (0.0, 100.0)),

@@ -82,8 +82,11 @@ def pose_at_stamp(table: dict[int, Pose], stamp: float) -> Pose | None:
 def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None, progress: bool = True,
                keep_frames: int = 0, predictor=None, max_frames: int | None = None, on_result=None,
                realtime: float | None = None, registration_s: float | None = None, follow_s: float | None = None,
-               init_xi: np.ndarray | None = None):
+               init_xi: np.ndarray | None = None, drop_image=None):
     """Continuous tracking over every frame of ``case``'s bag, from its /initialpose.
+
+    ``drop_image(event)`` True: that image is left out, as if the video had dropped it
+    (bench/bench_drops.py); the tracker never sees it.
 
     ``init_xi`` (6: v in m, w in rad, camera frame) moves that /initialpose by ``pose.retract``:
     runs that differ only by a tiny ``init_xi`` show how far the outcome spreads.
@@ -128,6 +131,8 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
             ev = slot.take_last() if slot is not None else None
             if ev is None:
                 break
+        elif ev.kind == "image" and drop_image is not None and drop_image(ev):
+            continue
         elif slot is not None and ev.kind == "image":
             ev = slot.offer(ev)
             if ev is None:

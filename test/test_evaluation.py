@@ -285,3 +285,51 @@ def test_compare_weights_repeats_from_jittered_initial_poses(evaluated, tmp_path
     assert set(groups) == {"short", "long"}
     short, long_ = groups["short"]["repeats"]["shipped"][0], groups["long"]["repeats"]["shipped"][0]
     assert short["trans_err_mm_mean"] == pytest.approx(plain["trans_err_mm_mean"], abs=1e-9) == long_["trans_err_mm_mean"]
+
+
+def test_bench_drops_leaves_the_dropped_frames_out_of_tracking(evaluated, tmp_path, monkeypatch):
+    """bench/bench_drops.py: the seeded schedule drops runs of 1..max_drop frames (the same for
+    every variant), the tracker never sees them, each variant's settings reach the tracker, and a
+    re-run takes the kept results instead of tracking again."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # (its _tables, as when run as a script)
+    spec = importlib.util.spec_from_file_location("bench_drops", ROOT / "bench" / "bench_drops.py")
+    bd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bd)
+    from bronchopt_ros.evaluation import track_case
+
+    class Ev:  # (a bag's image event: only its stamp matters)
+        def __init__(self, t):
+            self.stamp_s = t
+
+    stamps = np.arange(0, 10, 1 / 30.0)
+    a, b = bd.DropSchedule(7, (0.7, 1.5), 4), bd.DropSchedule(7, (0.7, 1.5), 4)
+    dropped = np.array([a(Ev(t)) for t in stamps])
+    assert np.array_equal(dropped, [b(Ev(t)) for t in stamps])  # (seeded)
+    step = np.diff(np.r_[0, dropped.astype(int), 0])
+    runs = np.flatnonzero(step < 0) - np.flatnonzero(step > 0)  # (lengths of the dropped runs)
+    assert 6 <= len(runs) <= 15 and runs.min() >= 1 and runs.max() <= 4
+    with pytest.raises(SystemExit):
+        bd.parse_variant("x:odometry.gap_step_s")  # (no value)
+    assert bd.parse_variant("a:odometry.gap_step_s=10,tracker.blind_probe=false") == (
+        "a", {"odometry": {"gap_step_s": 10}, "tracker": {"blind_probe": False}})
+
+    case, _ = evaluated
+    schedule = bd.DropSchedule(1, (0.05, 0.1), 2)
+    records, _, tracker = track_case(case, progress=False, drop_image=schedule)
+    tracker.close()
+    assert schedule.dropped > 0 and len(records) == 16 - schedule.dropped
+    work, out = tmp_path / "work", tmp_path / "drops.json"
+    args = [str(case), "--every", "0.05", "0.1", "--max-drop", "2", "--work", str(work), "--out", str(out)]
+    assert bd.main(args + ["--variant", "shipped", "nozoom:odometry.gap_step_s=10"]) == 0
+    res = json.loads(out.read_text())["variants"]
+    for label in ("shipped", "nozoom"):
+        m = res[label]["pooled"]
+        assert m["frames"] + m["dropped"] == 16 and m["dropped"] > 0
+        assert m["lost_right"] <= m["lost_frames"]
+    assert res["nozoom"]["changes"] == {"odometry": {"gap_step_s": 10}}
+    kept = next((work / "shipped").iterdir())
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "frames": 1000}))  # (marked: taken, not re-run)
+    assert bd.main(args + ["--variant", "shipped"]) == 0
+    assert json.loads(out.read_text())["variants"]["shipped"]["pooled"]["frames"] == 1000

@@ -95,9 +95,10 @@ class OdometryConfig:
     # with their video dropping 1-4 frames every 0.7-1.5 s (every frame left registered): without
     # it the step after a gap of 4 frames often lost its corners; the blind registration was
     # right but ambiguous (a round bronchus' roll), so LOST, and the returns withheld: 432 frames
-    # not TRACKING at a right pose (longest stretch 8.7 s, in the trachea), 792 wrong while
-    # TRACKING, 0.088 rad / 92.3 %. At 0.09: 203 frames, longest 3.1 s, 636 wrong, 0.084 / 93.8 %
-    # (0.05: 206, 710; 0.12: 175, 697). Without gaps nothing changes (the same poses); replayed at
+    # not TRACKING at a right pose (longest stretch 8.5 s, in the trachea), 792 wrong while
+    # TRACKING, 0.085 rad / 92.7 %. At 0.09: 203 frames, longest 3.0 s, 636 wrong, 0.081 / 94.3 %
+    # (bench/bench_drops.py, results/drops.json; 0.05: 206 frames and 710 wrong, 0.12: 175 and
+    # 697). Without gaps nothing changes (the same poses); replayed at
     # 15 processed frames/s (ten of them) neither, at 8 wrong while TRACKING 120 -> 70, success
     # 77.9 -> 84.2 %. 10 (or more): only the camera's interval counts.
     gap_step_s: float = 0.09

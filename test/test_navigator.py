@@ -136,6 +136,7 @@ def test_bag_through_the_graph_matches_offline(ros_context, case, offline):
     values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
     assert values["state"] == status[-1].state_name
     assert int(values["processed"]) == N_FRAMES
+    assert values["video_gaps"] == values["video_frames_missing"] == "0"  # (the bag's video lost none)
     assert set(nav.tracker.counters()) == set(Tracker.COUNTERS)
     for key, count in nav.tracker.counters().items():
         assert int(values[key]) == count == getattr(nav.tracker, key), key

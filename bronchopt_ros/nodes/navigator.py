@@ -9,7 +9,9 @@ the previous one and publishes ``/bronchopt/pose`` (stamp = the image's), the TF
 overlay image and ``/diagnostics``.
 
 Frames never queue up: the callbacks only keep the newest frame; one worker thread processes it.
-A frame replaced before it was processed is counted as dropped.
+A frame replaced before it was processed is counted as dropped; frames the video itself lost (gaps
+in the images' stamps, :mod:`bronchopt_ros.video_gaps`) are counted apart on ``/diagnostics``
+(``video_gaps``, ``video_frames_missing``).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from ..io.image import ImageConversionError, msg_to_rgb8, numpy_to_image
 from ..lighting import LightingConfig
 from ..pipeline import PipelineConfig, build_tracker, load_default_encoder, prepare_frame
 from ..skipped_frames import SkippedFrames
+from ..video_gaps import VideoGaps
 from ..odometry import OdometryConfig
 from ..tracker import Tracker, TrackerConfig, TrackState
 from .params import declare, declare_dataclass
@@ -311,7 +314,8 @@ class Navigator(Node):
         self.tracker = None
         self.encoder = None
         self.counters = dict(processed=0, dropped=0, rejected=0, bad_initialpose=0, stamp_resets=0,
-                             waited_for_newer=0, stale_initialpose=0)
+                             waited_for_newer=0, stale_initialpose=0, video_gaps=0, video_frames_missing=0)
+        self._video_gaps = VideoGaps()  # frames the video itself lost (its stamps' gaps), not the node
         self._init_stamp: float | None = None  # the stamp of the /initialpose the next frame starts from
         self.lat_proc = deque(maxlen=300)
         self.lat_img = deque(maxlen=300)
@@ -362,6 +366,13 @@ class Navigator(Node):
         if not self._images_seen:
             self._images_seen = True
             self.get_logger().info(f"first image received (stamp {rc.stamp_to_sec(msg.header.stamp):.3f} s)")
+        missing = self._video_gaps.add(rc.stamp_to_sec(msg.header.stamp))
+        if missing:
+            self.counters["video_gaps"] = self._video_gaps.gaps
+            self.counters["video_frames_missing"] = self._video_gaps.missing
+            self._throttled("video_gaps", f"the video lost {missing} frame(s) before the image stamped "
+                            f"{rc.stamp_to_sec(msg.header.stamp):.3f} s (camera or transport; "
+                            f"{self._video_gaps.missing} in {self._video_gaps.gaps} gaps so far)")
         with self._lock:
             if self._frame_msg is not None:
                 self.counters["dropped"] += 1

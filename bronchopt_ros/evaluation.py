@@ -20,6 +20,7 @@ from .io.bag import read_case_bag
 from .io.tum import read_tum, write_tum
 from .pipeline import PipelineConfig, build_tracker, prepare_frame
 from .skipped_frames import SkippedFrames
+from .video_gaps import VideoGaps
 from .tracker import ReplayClock, TrackState
 
 __all__ = ["FrameRecord", "track_case", "framewise_case", "summarise", "LEVELS", "truth_by_stamp", "pose_at_stamp"]
@@ -126,6 +127,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
     slot = (_NewestFrameSlot(realtime, keep_skipped=tracker.config.catch_up_max, wait_for_newer=tracker.wait_for_newer)
             if realtime is not None else None)
     clock = None  # (realtime) perf_counter() minus the replay's time
+    gaps = VideoGaps()
     for ev in _with_end(read_case_bag(case / "procedure")):
         if ev is None:  # end of the bag: the frame still waiting in the slot is processed
             ev = slot.take_last() if slot is not None else None
@@ -133,10 +135,12 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
                 break
         elif ev.kind == "image" and drop_image is not None and drop_image(ev):
             continue
-        elif slot is not None and ev.kind == "image":
-            ev = slot.offer(ev)
-            if ev is None:
-                continue
+        elif ev.kind == "image":
+            gaps.add(ev.stamp_s)  # (the frames the video lost, as the node counts them)
+            if slot is not None:
+                ev = slot.offer(ev)
+                if ev is None:
+                    continue
         if ev.kind == "error":
             errors.append(ev.error)
             continue
@@ -202,6 +206,7 @@ def track_case(case: str | Path, cfg: PipelineConfig | None = None, encoder=None
     _label_generations(records, airway)
     tracker.skipped_frames = slot.skipped if slot is not None else 0
     tracker.waited_for_newer = slot.waited_for_newer if slot is not None else 0
+    tracker.video_gaps, tracker.video_frames_missing = gaps.gaps, gaps.missing
     return records, errors, tracker
 
 

@@ -315,11 +315,19 @@ def test_bench_drops_leaves_the_dropped_frames_out_of_tracking(evaluated, tmp_pa
     assert bd.parse_variant("a:odometry.gap_step_s=10,tracker.blind_probe=false") == (
         "a", {"odometry": {"gap_step_s": 10}, "tracker": {"blind_probe": False}})
 
-    case, _ = evaluated
+    case, out = evaluated
     schedule = bd.DropSchedule(1, (0.05, 0.1), 2)
     records, _, tracker = track_case(case, progress=False, drop_image=schedule)
     tracker.close()
     assert schedule.dropped > 0 and len(records) == 16 - schedule.dropped
+    # The frames the video lost are found from its stamps, as the node counts them (the case's
+    # own video lost none: metrics.json says so).
+    lost = {10, 11, 12}
+    records, _, tracker = track_case(case, progress=False, drop_image=lambda e: round(e.stamp_s * 30) % 100 in lost)
+    tracker.close()
+    assert len(records) == 13 and (tracker.video_gaps, tracker.video_frames_missing) == (1, 3)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["video_gaps"] == m["video_frames_missing"] == 0
     work, out = tmp_path / "work", tmp_path / "drops.json"
     args = [str(case), "--every", "0.05", "0.1", "--max-drop", "2", "--work", str(work), "--out", str(out)]
     assert bd.main(args + ["--variant", "shipped", "nozoom:odometry.gap_step_s=10"]) == 0

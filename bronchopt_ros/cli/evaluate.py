@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
         # (ambiguous returns refused, blind frames that meant LOST / were held near their start, search
         # results turned too far, drift rechecks and their moves: Tracker.COUNTERS)
         metrics.update(tracker.counters())
+        # (frames the bag's video itself lost: gaps in the images' stamps, as /diagnostics counts them)
+        metrics["video_gaps"] = int(tracker.video_gaps)
+        metrics["video_frames_missing"] = int(tracker.video_frames_missing)
         if args.realtime is not None:
             metrics["realtime_frame_s"] = args.realtime
             metrics["unregistered_frames"] = int(tracker.unregistered)  # (went out on the odometry alone)

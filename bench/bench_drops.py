@@ -15,7 +15,8 @@ success rate; per case with ``--per-case``.
         --variant shipped "no gap zoom:odometry.gap_step_s=10" --out bench/results/drops.json
 
 Resumable: each (variant, case) result is kept in ``--work`` (default out/bench_drops) and not run
-again. ~6 minutes per variant over those 29 validation procedures (13500 frames) on 2 cores.
+again - by its label, so after changing the code use a new ``--work`` (or labels). ~6 minutes per
+variant over those 29 validation procedures (13500 frames) on 2 cores.
 """
 from __future__ import annotations
 
@@ -117,6 +118,11 @@ def cells(m: dict) -> list:
             f"{100 * m['success_rate']:.1f}"]
 
 
+def _safe(name: str) -> str:
+    """``name`` as a file name (runs of other characters as ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
 HEADER = ["frames", "dropped", "wrong while TRACKING", "not TRACKING", "... at a right pose", "longest (s)",
           "mm", "rad", "success %"]
 
@@ -140,10 +146,9 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     for label, changes in variants:
         cfg = variant_config(base, changes)
-        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
         by_case = {}
         for case in args.cases:
-            f = work / tag / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', case.strip('/'))}_{args.max_drop}_{args.every[0]}_{args.every[1]}.json"
+            f = work / _safe(label) / f"{_safe(case.strip('/'))}_{args.max_drop}_{args.every[0]}_{args.every[1]}.json"
             if f.exists():
                 by_case[case] = json.loads(f.read_text())
                 continue

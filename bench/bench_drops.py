@@ -14,9 +14,10 @@ success rate; per case with ``--per-case``.
         data/anatomy_lidc487_val/case_29* data/anatomy_lidc487_scope2.8_val/case_29* \\
         --variant shipped "no gap zoom:odometry.gap_step_s=10" --out bench/results/drops.json
 
-Resumable: each (variant, case) result is kept in ``--work`` (default out/bench_drops) and not run
-again - by its label, so after changing the code use a new ``--work`` (or labels). ~6 minutes per
-variant over those 29 validation procedures (13500 frames) on 2 cores.
+Resumable: each (variant, case) result is kept in ``--work`` (default out/bench_drops) under a hash
+of the variant's settings, the drop schedule and the package's code (``_tracking.settings_hash``),
+so a changed tracker runs again. ~6 minutes per variant over those 29 validation procedures (13500
+frames) on 2 cores.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from bronchopt_ros.metrics import is_success
 from bronchopt_ros.pipeline import load_default_encoder
 from bronchopt_ros.threads import limit_threads
 from _tables import markdown_table, write_results  # (bench/: the script's own folder)
+from _tracking import pooled, settings_hash
 
 KEYS = ("frames", "dropped", "wrong_while_tracking", "lost_frames", "lost_right", "longest_lost_s",
         "trans_err_mm_mean", "rot_err_rad_mean", "success_rate")
@@ -103,13 +105,17 @@ def run_case(case: str, cfg, encoder, every: tuple[float, float], max_drop: int)
 
 
 def pool(rows: list[dict]) -> dict:
-    """Frame counts summed, the longest stretch the longest, the errors frame-weighted means."""
-    n = sum(r["frames"] for r in rows)
-    out = {k: sum(r[k] for r in rows) for k in ("frames", "dropped", "wrong_while_tracking", "lost_frames", "lost_right")}
+    """:func:`_tracking.pooled`, with the drops, the LOST frames at a right pose and the longest stretch."""
+    out = pooled(rows)
+    out["dropped"] = sum(r["dropped"] for r in rows)
+    out["lost_right"] = sum(r["lost_right"] for r in rows)
     out["longest_lost_s"] = max(r["longest_lost_s"] for r in rows)
-    for k in ("trans_err_mm_mean", "rot_err_rad_mean", "success_rate"):
-        out[k] = sum(r[k] * r["frames"] for r in rows) / max(n, 1)
     return out
+
+
+def kept_dir(work: Path, cfg, every: tuple[float, float], max_drop: int) -> Path:
+    """Where a variant's per-case results are kept: by its settings, the schedule and the code."""
+    return work / settings_hash(f"{cfg!r} every={tuple(every)} max_drop={max_drop}")
 
 
 def cells(m: dict) -> list:
@@ -146,9 +152,10 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     for label, changes in variants:
         cfg = variant_config(base, changes)
+        kept = kept_dir(work, cfg, tuple(args.every), args.max_drop)
         by_case = {}
         for case in args.cases:
-            f = work / _safe(label) / f"{_safe(case.strip('/'))}_{args.max_drop}_{args.every[0]}_{args.every[1]}.json"
+            f = kept / f"{_safe(case.strip('/'))}.json"
             if f.exists():
                 by_case[case] = json.loads(f.read_text())
                 continue

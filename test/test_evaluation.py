@@ -337,7 +337,10 @@ def test_bench_drops_leaves_the_dropped_frames_out_of_tracking(evaluated, tmp_pa
         assert m["frames"] + m["dropped"] == 16 and m["dropped"] > 0
         assert m["lost_right"] <= m["lost_frames"]
     assert res["nozoom"]["changes"] == {"odometry": {"gap_step_s": 10}}
-    kept = next((work / "shipped").iterdir())
+    assert len(list(work.iterdir())) == 2  # (each variant's settings kept apart)
+    from bronchopt_ros.cli.evaluate import pipeline_from_yaml
+
+    kept = next(bd.kept_dir(work, pipeline_from_yaml(None), (0.05, 0.1), 2).iterdir())
     kept.write_text(json.dumps({**json.loads(kept.read_text()), "frames": 1000}))  # (marked: taken, not re-run)
     assert bd.main(args + ["--variant", "shipped"]) == 0
     assert json.loads(out.read_text())["variants"]["shipped"]["pooled"]["frames"] == 1000

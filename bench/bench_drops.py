@@ -12,7 +12,8 @@ success rate; per case with ``--per-case``.
 
     python bench/bench_drops.py data/val/case_25* data/deep/case_251[012] data/narrow/case_253* \\
         data/anatomy_lidc487_val/case_29* data/anatomy_lidc487_scope2.8_val/case_29* \\
-        --variant shipped "no gap zoom:odometry.gap_step_s=10" --out bench/results/drops.json
+        --variant shipped "no continuity:tracker.continuity_frames=0" \\
+        "no gap zoom:odometry.gap_step_s=10" --out bench/results/drops.json
 
 Resumable: each (variant, case) result is kept in ``--work`` (default out/bench_drops) under a hash
 of the variant's settings, the drop schedule and the package's code (``_tracking.settings_hash``),

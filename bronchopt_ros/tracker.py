@@ -196,6 +196,25 @@ class TrackerConfig:
     # 2 registrations (~15 ms each) per probe; while coasting on an ambiguous result, every third
     # frame (with probes on every frame a flood of frames into the node cascaded). 0: off.
     reloc_ambiguity: float = 0.25
+    # After a blind frame that meant LOST (blind_probe below: its result ambiguous), the estimate
+    # coasts on that result, which was registered from where the last trusted estimate and the
+    # camera's velocity put it; when every frame since has kept to the video's motion - confident
+    # (recover_above) and registered within continuity_sigmas prior sigmas of the odometry's
+    # prediction (the innovation), no search result taken - this many frames in a row make a
+    # return that is still ambiguous a trusted one (counted: continuity_returns): the chain from
+    # the last trusted pose is then as good as a TRACKING frame's, which the probes never asked
+    # for. Test procedure 3100, every frame: a 12-inlier odometry step in a fast advance down a
+    # generation-5 bronchus gave a velocity 3x too fast, the next frame lost its corners, and the
+    # blind result (right, 1.1 mm / 0.11 rad) had a rival at the bronchus' other roll: LOST 1.73 s
+    # at a right pose; with 15: 0.50 s. Session 35, 29 validation procedures: every frame the same
+    # poses (no blind LOST there); with the video dropping frames (bench_drops) not TRACKING at a
+    # right pose 203 -> 134 frames, longest 2.97 -> 1.33 s, wrong while TRACKING 636 -> 656 (LIDC487
+    # 2905 +21, whose roll hovers at the 10 deg bound in both runs after they part by hundredths
+    # of a mm; narrow 2531 +4, 2532 -5); the 19 held-out ones with drops 48 -> 32 frames, longest
+    # 0.93 -> 0.50 s, 400 -> 397 wrong. Without the chain rule (any ambiguous LOST): 2530 returned
+    # TRACKING 28 mm off after a search's look-alike. 0: off.
+    continuity_frames: int = 15
+    continuity_sigmas: float = 3.0
     # While TRACKING, a frame whose odometry failed (its reference's corners lost: too long a
     # step, a fast turn; not a textureless view, which has none) is registered blind, with the full
     # solver from the last estimate and no prior. When the camera may have moved out of the
@@ -432,6 +451,8 @@ class Tracker:
         self.recheck_moves = 0  # ... whose search found a clearly better, unambiguous pose, taken
         self._recheck_stamp = -math.inf  # the last recheck's frame
         self._probe_wait = 0  # frames until the next ambiguity probe while coasting on an ambiguous result
+        self._kept = -1  # frames since a blind LOST, each confident and within continuity_sigmas of the odometry (-1: none)
+        self.continuity_returns = 0  # ambiguous returns trusted because the estimate kept to the video's motion
         self._search_cursor = 0  # where the wide search goes on at the next LOST frame
         self.odometry = FrameOdometry(self.odometry_config)
         self._border = BorderMask()  # the video's black surround, if any (config.border_mask)
@@ -450,6 +471,7 @@ class Tracker:
         self._pending_init = pose
         self._init_sigmas = init_prior_sigmas(covariance, self.config)
         self._probe_wait = 0  # (a new start: an earlier ambiguity says nothing about it)
+        self._kept = -1
         self.prev_pose = None
         self.pose = pose
         self.state = TrackState.INITIALISING
@@ -748,6 +770,7 @@ class Tracker:
                     and self._ambiguous(frame, target, reg))
         if lost_now:  # LOST at once; the estimate coasts where the camera's last velocity takes it
             self.blind_lost += 1
+            self._kept = 0
             conf = 0.99 * cfg.lost_below
             if coast is not None and not fold:
                 self.pose = coast
@@ -760,8 +783,14 @@ class Tracker:
                 reg, conf, moved = better, self.confidence(better), True
         # (the probes cost ~2 registrations: while coasting on an ambiguous result they run every
         # third frame; the frames between stay unconfirmed)
-        ambiguous = lost and conf >= cfg.recover_above and (
+        if lost and self._kept >= 0:  # (coasting since a blind LOST: has the estimate kept to the video's motion?)
+            kept = conf >= cfg.recover_above and math.isfinite(innovation) and innovation <= cfg.continuity_sigmas
+            self._kept = self._kept + 1 if kept else -1
+        continuous = cfg.continuity_frames > 0 and self._kept >= cfg.continuity_frames
+        ambiguous = lost and conf >= cfg.recover_above and not continuous and (
             self._probe_wait > 0 or self._ambiguous(frame, target, reg))
+        if lost and conf >= cfg.recover_above and continuous:
+            self.continuity_returns += 1
         self._probe_wait = (self._probe_wait - 1) if self._probe_wait > 0 else (2 if ambiguous else 0)
         if ambiguous:
             # Confident again, but not unambiguously (e.g. coasting from a search's ambiguous
@@ -794,9 +823,12 @@ class Tracker:
                         # Not trusted yet: the estimate coasts there, the search goes on.
                         rconf = self._untrusted(rconf)
                     reg, conf = rr, rconf
+                    self._kept = -1  # (a search's result: no longer the blind frame's, followed)
                     relocalised = rconf >= cfg.recover_above
                     self.relocalisations += int(relocalised)
         self._update_state(conf, relocalised, lost_now)
+        if self.state == TrackState.TRACKING:
+            self._kept = -1  # (back: a later loss starts afresh)
         if conf >= cfg.lost_below:
             self._trusted_stamp = frame.stamp
             if not fold:
@@ -868,7 +900,8 @@ class Tracker:
         return Frame(self._border.fill(frame.rgb, mask), frame.camera, frame.stamp, mask)
 
     # The tracker's event counters (reset with it): /diagnostics and metrics.json carry them.
-    COUNTERS = ("ambiguous_recoveries", "blind_lost", "blind_held", "turn_refused", "rechecks", "recheck_moves")
+    COUNTERS = ("ambiguous_recoveries", "blind_lost", "blind_held", "turn_refused", "rechecks", "recheck_moves",
+                "continuity_returns")
 
     def counters(self) -> dict[str, int]:
         """The event counters (:attr:`COUNTERS`) by name."""

@@ -127,6 +127,13 @@ TRACKER_DOCS = {
                         "by +-0.3 rad lands elsewhere (> 10 deg or 5 mm) with a scale-invariant error within this "
                         "fraction of its own; else the estimate coasts there, withheld, and is probed again every "
                         "third frame (a plain bronchus barely shows the roll). 0: off.", (0.0, 10.0)),
+    "continuity_frames": ("After a blind frame that meant LOST (blind_probe), the estimate coasts on its ambiguous "
+                          "result; when every frame since was confident and registered within continuity_sigmas "
+                          "prior sigmas of the odometry's prediction (no search result taken), this many in a row "
+                          "make the return trusted though still ambiguous (counted: continuity_returns in "
+                          "/diagnostics). 0: off.", (0, 100000)),
+    "continuity_sigmas": ("... within this many prior sigmas of the odometry's prediction (the innovation).",
+                          (0.0, 100.0)),
     "blind_probe": ("While TRACKING, a frame whose visual odometry lost its reference's corners (too long a step, a "
                     "fast turn) is registered blind, from the last estimate without a prior; when the camera may "
                     "have moved out of the solver's reach since (blind_probe_m / _rad), it is trusted only when "

@@ -786,11 +786,10 @@ class Tracker:
         if lost and self._kept >= 0:  # (coasting since a blind LOST: has the estimate kept to the video's motion?)
             kept = conf >= cfg.recover_above and math.isfinite(innovation) and innovation <= cfg.continuity_sigmas
             self._kept = self._kept + 1 if kept else -1
-        continuous = cfg.continuity_frames > 0 and self._kept >= cfg.continuity_frames
+        continuous = cfg.continuity_frames > 0 and self._kept >= cfg.continuity_frames  # (a return: trusted)
+        self.continuity_returns += int(continuous)
         ambiguous = lost and conf >= cfg.recover_above and not continuous and (
             self._probe_wait > 0 or self._ambiguous(frame, target, reg))
-        if lost and conf >= cfg.recover_above and continuous:
-            self.continuity_returns += 1
         self._probe_wait = (self._probe_wait - 1) if self._probe_wait > 0 else (2 if ambiguous else 0)
         if ambiguous:
             # Confident again, but not unambiguously (e.g. coasting from a search's ambiguous

@@ -271,6 +271,13 @@ def test_the_predictor_hears_of_registered_frames_and_of_idle_time(renderer):
     assert max(c[2] for c in predictor.calls if c[0] == "registered") < 0.5 * MM  # at its registered pose
 
 
+def _wall_texture(rng: np.random.Generator) -> np.ndarray:
+    """A random blurred texture (200 x 200 RGB) for the odometry's corners to follow."""
+    import cv2
+
+    return cv2.GaussianBlur(rng.integers(0, 256, (200, 200, 3)).astype(np.uint8), (0, 0), 2.0)
+
+
 def _garbage_run(renderer, cfg):
     """30 frames down the trachea; frames 8-15 give the depth of nothing like an airway (e.g. a
     fogged lens). Returns the results."""
@@ -548,12 +555,7 @@ def test_a_blind_registration_is_trusted_only_when_unambiguous(renderer):
     without a prior. Along the Y's straight trachea the depth cannot see the roll, so such a result
     means LOST at once (counted); at the carina it is kept. A textureless video, where the odometry
     never had corners, is not blind (test_tracker_follows_a_procedure)."""
-    import cv2
-
     rng = np.random.default_rng(3)
-
-    def texture():
-        return cv2.GaussianBlur(rng.integers(0, 256, (200, 200, 3)).astype(np.uint8), (0, 0), 2.0)
 
     views = {"along the trachea": Pose.look_at(np.array([0.0, 0.0, 30.0]) * MM, np.array([0.0, 0.0, 60.0]) * MM,
                                                up=(1.0, 0.0, 0.0)),
@@ -564,7 +566,7 @@ def test_a_blind_registration_is_trusted_only_when_unambiguous(renderer):
         truth = {0.0: views[name], 1 / 30: views[name], 0.2: views[name]}  # (then a gap: frames skipped)
         tracker = Tracker(renderer, ExactDepth(renderer, truth), TrackerConfig(pipelined=False, blind_probe=probe))
         tracker.initialise(views[name])
-        seen, other = texture(), texture()
+        seen, other = _wall_texture(rng), _wall_texture(rng)
         turned = np.roll(seen, 5, axis=1)  # 5 px a frame: the camera turns ~75 deg/s (measured ~60)
         states = [tracker.process(Frame(rgb, CAM, s)).state for rgb, s in zip((seen, turned, other), truth)]
         assert states[:2] == [TrackState.TRACKING] * 2, (name, states)
@@ -579,7 +581,7 @@ def test_a_blind_registration_is_trusted_only_when_unambiguous(renderer):
     truth = {k / 30: views["along the trachea"] for k in range(3)}
     tracker = Tracker(renderer, ExactDepth(renderer, truth), TrackerConfig(pipelined=False))
     tracker.initialise(views["along the trachea"])
-    seen, other = texture(), texture()
+    seen, other = _wall_texture(rng), _wall_texture(rng)
     frames = (seen, np.roll(seen, 5, axis=1), other)
     states = [tracker.process(Frame(rgb, CAM, s)).state for rgb, s in zip(frames, truth)]
     assert states == [TrackState.TRACKING] * 3 and tracker.odometry.last is None and tracker.blind_lost == 0
@@ -593,15 +595,10 @@ def test_after_a_blind_loss_a_return_that_keeps_to_the_video_is_trusted(renderer
     odometry put it (here the camera holds still and every corner is followed) - for
     continuity_frames frames in a row, the return is trusted (counted); switched off, the tracker
     stays lost over the same frames."""
-    import cv2
-
     rng = np.random.default_rng(3)
 
-    def texture():
-        return cv2.GaussianBlur(rng.integers(0, 256, (200, 200, 3)).astype(np.uint8), (0, 0), 2.0)
-
     view = Pose.look_at(np.array([0.0, 0.0, 30.0]) * MM, np.array([0.0, 0.0, 60.0]) * MM, up=(1.0, 0.0, 0.0))
-    seen, other = texture(), texture()
+    seen, other = _wall_texture(rng), _wall_texture(rng)
     stamps = [0.0, 1 / 30, 0.2] + [0.2 + k / 30 for k in range(1, 6)]
     images = [seen, np.roll(seen, 5, axis=1)] + [other] * 6  # (a turn, a gap, lost corners, then still)
     for frames, expected in ((3, [TrackState.RELOCALISING] * 2 + [TrackState.TRACKING] * 3),
@@ -636,12 +633,7 @@ def test_a_blind_registration_that_jumps_far_is_held_near_its_start(renderer):
     likely as the truth (test procedure 3100). At the carina, where the depth sees the roll, a
     truth rolled 0.45 rad is then refused, and taken with the bound off; a truth rolled 0.15 rad
     is taken either way."""
-    import cv2
-
     rng = np.random.default_rng(5)
-
-    def texture():
-        return cv2.GaussianBlur(rng.integers(0, 256, (200, 200, 3)).astype(np.uint8), (0, 0), 2.0)
 
     view = Pose.look_at(np.array([1.0, 0.5, 20.0]) * MM, (0.0, 0.0, -5 * MM), up=(1.0, 0.0, 0.0))
     for roll, bound, held in ((0.45, 0.3, True), (0.45, 0.0, False), (0.15, 0.3, False)):
@@ -650,8 +642,8 @@ def test_a_blind_registration_that_jumps_far_is_held_near_its_start(renderer):
         cfg = TrackerConfig(pipelined=False, blind_jump_rad=bound, blind_jump_m=0.004 if bound else 0.0)
         tracker = Tracker(renderer, ExactDepth(renderer, truth), cfg)
         tracker.initialise(view)
-        seen = texture()
-        results = [tracker.process(Frame(rgb, CAM, s)) for rgb, s in zip((seen, seen, texture()), truth)]
+        seen = _wall_texture(rng)
+        results = [tracker.process(Frame(rgb, CAM, s)) for rgb, s in zip((seen, seen, _wall_texture(rng)), truth)]
         assert [r.state for r in results] == [TrackState.TRACKING] * 3, (roll, bound)
         assert tracker.odometry.last is None and tracker.blind_lost == 0  # blind, within reach: not probed
         assert tracker.blind_held == int(held), (roll, bound)

@@ -210,15 +210,15 @@ def test_bad_input_is_counted_and_survived(ros_context, case):
         assert wait(lambda: nav.counters["stamp_resets"] >= 1)
         # Frames the video itself lost (a gap in the stamps of a 30 frames/s stream): counted apart
         # from the node's own drops - 3 missing before the last of these.
-        gaps0, missing0 = nav.counters["video_gaps"], nav.counters["video_frames_missing"]
+        gaps0, missing0 = nav._video_gaps.gaps, nav._video_gaps.missing
         for k in (1, 2, 3, 4, 5, 6, 7, 11):
             t = type(t_old)()
             ns = t_old.sec * 10**9 + t_old.nanosec + round(k * 1e9 / 30)
             t.sec, t.nanosec = divmod(ns, 10**9)
             f.frame(rgb[k % len(rgb)], cam, stamp=t)
             time.sleep(0.05)
-        assert wait(lambda: nav.counters["video_gaps"] == gaps0 + 1), nav.counters
-        assert nav.counters["video_frames_missing"] == missing0 + 3
+        assert wait(lambda: nav._video_gaps.gaps == gaps0 + 1), nav.counters
+        assert nav._video_gaps.missing == missing0 + 3
         assert nav._worker.is_alive()
         last = f.status[-1]
         assert last.frames_rejected >= 7 and last.frames_dropped >= 1

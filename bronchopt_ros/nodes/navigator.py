@@ -321,7 +321,7 @@ class Navigator(Node):
         self.tracker = None
         self.encoder = None
         self.counters = dict(processed=0, dropped=0, rejected=0, bad_initialpose=0, stamp_resets=0,
-                             waited_for_newer=0, stale_initialpose=0, video_gaps=0, video_frames_missing=0)
+                             waited_for_newer=0, stale_initialpose=0)
         self._video_gaps = VideoGaps()  # frames the video itself lost (its stamps' gaps), not the node
         self._init_stamp: float | None = None  # the stamp of the /initialpose the next frame starts from
         self.lat_proc = deque(maxlen=300)
@@ -375,8 +375,6 @@ class Navigator(Node):
             self.get_logger().info(f"first image received (stamp {rc.stamp_to_sec(msg.header.stamp):.3f} s)")
         missing = self._video_gaps.add(rc.stamp_to_sec(msg.header.stamp))
         if missing:
-            self.counters["video_gaps"] = self._video_gaps.gaps
-            self.counters["video_frames_missing"] = self._video_gaps.missing
             self._throttled("video_gaps", f"the video lost {missing} frame(s) before the image stamped "
                             f"{rc.stamp_to_sec(msg.header.stamp):.3f} s (camera or transport; "
                             f"{self._video_gaps.missing} in {self._video_gaps.gaps} gaps so far)")
@@ -706,6 +704,7 @@ class Navigator(Node):
                                               else dict.fromkeys(Tracker.COUNTERS, 0)).items()},
                     image_publishers=str(self.count_publishers(self._image_sub_topic)),
                     lighting=self._lighting_state(),
+                    video_gaps=str(self._video_gaps.gaps), video_frames_missing=str(self._video_gaps.missing),
                     **{k: str(v) for k, v in self.counters.items()})
         d.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray()
